@@ -1,0 +1,754 @@
+//! Drives containerd through its gRPC API (the `containerd-client` crate),
+//! as the kubelet's CRI plugin or `ctr` would: unpack an image into
+//! snapshots, create a container with an OCI spec, create and start its
+//! task with FIFOs for stdio, wait, kill and delete.
+//!
+//! The Debian containerd 1.6.20 cannot unpack OCI Wasm artifacts itself
+//! (non-tar layers), so [`Ctrd::unpack`] applies only the tar layers and an
+//! artifact gets an empty rootfs; the shim reads the Wasm layer from the
+//! content store.
+
+use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::snapshots::{
+    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+};
+use containerd_client::services::v1::{
+    ApplyRequest, Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, GetImageRequest, Info, KillRequest, ReadContentRequest, StartRequest,
+    UpdateRequest, WaitRequest,
+};
+use containerd_client::tonic::Request;
+use containerd_client::types::{Descriptor, Mount};
+use containerd_client::{Client, with_namespace};
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec,
+};
+use prost_types::Any;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use crate::image::TAR_LAYER;
+
+/// The runtime type of the wasmhybrid shim.
+pub const WASMHYBRID_RUNTIME: &str = "io.containerd.wasmhybrid.v1";
+/// containerd's default runtime.
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+const SNAPSHOTTER: &str = "overlayfs";
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A connection to containerd in one namespace.
+#[derive(Clone)]
+pub struct Ctrd {
+    client: Arc<Client>,
+    ns: String,
+}
+
+/// An image as containerd stores it, with its config parsed.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub name: String,
+    pub manifest: serde_json::Value,
+    pub config_digest: String,
+    pub config: serde_json::Value,
+}
+
+impl ImageInfo {
+    /// Entrypoint + Cmd from the image config.
+    pub fn default_args(&self) -> Vec<String> {
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut args = strings(&self.config["config"]["Entrypoint"]);
+        args.extend(strings(&self.config["config"]["Cmd"]));
+        args
+    }
+
+    pub fn env(&self) -> Vec<String> {
+        self.config["config"]["Env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// How to run one container.
+#[derive(Debug, Clone)]
+pub struct RunOpts {
+    pub id: String,
+    pub image: String,
+    pub runtime: String,
+    /// Process args; `None` uses the image's Entrypoint + Cmd.
+    pub args: Option<Vec<String>>,
+    /// Extra `KEY=VALUE` variables, after the image's.
+    pub env: Vec<String>,
+    /// Extra mounts, appended to the default spec's.
+    pub mounts: Vec<oci_spec::runtime::Mount>,
+    /// Join this network namespace instead of getting a new one.
+    pub netns: Option<PathBuf>,
+    pub annotations: HashMap<String, String>,
+}
+
+impl RunOpts {
+    pub fn new(id: &str, image: &str, runtime: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            image: image.to_string(),
+            runtime: runtime.to_string(),
+            args: None,
+            env: vec![],
+            mounts: vec![],
+            netns: None,
+            annotations: HashMap::new(),
+        }
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args = Some(args.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    pub fn env(mut self, env: &[&str]) -> Self {
+        self.env.extend(env.iter().map(|s| s.to_string()));
+        self
+    }
+}
+
+/// Time spent in each phase of a container's life, as the client saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Phases {
+    /// Container record and snapshot created.
+    pub container_created: Duration,
+    /// `Tasks.Create` (shim start + container create).
+    pub task_created: Duration,
+    /// `Tasks.Start`.
+    pub task_started: Duration,
+    /// Start returned -> task exited.
+    pub ran: Duration,
+    /// Exit -> task, container and snapshot deleted.
+    pub deleted: Duration,
+}
+
+impl Phases {
+    pub fn total(&self) -> Duration {
+        self.container_created + self.task_created + self.task_started + self.ran + self.deleted
+    }
+}
+
+/// The result of a finished container.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub exit_code: u32,
+    pub stdout: String,
+    pub stderr: String,
+    pub phases: Phases,
+}
+
+/// A FIFO whose read side collects everything written to it.
+struct Fifo {
+    path: PathBuf,
+    keeper: Option<std::fs::File>,
+    buf: Arc<Mutex<Vec<u8>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Fifo {
+    fn create(path: PathBuf) -> Result<Self> {
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .with_context(|| format!("mkfifo {}", path.display()))?;
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)?;
+        // Held until the shim has opened its end, so the reader does not
+        // see end-of-file before the container even started.
+        let keeper = std::fs::OpenOptions::new().write(true).open(&path)?;
+        let mut rx = tokio::net::unix::pipe::Receiver::from_file(read)?;
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let reader = tokio::spawn(async move {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match rx.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink
+                        .lock()
+                        .expect("fifo buffer")
+                        .extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        Ok(Self {
+            path,
+            keeper: Some(keeper),
+            buf,
+            reader,
+        })
+    }
+
+    fn release(&mut self) {
+        self.keeper = None;
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().expect("fifo buffer")).into_owned()
+    }
+
+    /// Waits (bounded) for the writers to close, then returns the text.
+    async fn finish(mut self, timeout: Duration) -> String {
+        self.release();
+        let _ = tokio::time::timeout(timeout, &mut self.reader).await;
+        self.reader.abort();
+        let _ = std::fs::remove_file(&self.path);
+        self.text()
+    }
+}
+
+/// A created (and maybe started) container with its task.
+pub struct Running {
+    ctrd: Ctrd,
+    pub id: String,
+    pub pid: u32,
+    stdout: Fifo,
+    stderr: Fifo,
+    phases: Phases,
+    started_at: Instant,
+    _io_dir: tempfile::TempDir,
+}
+
+impl Ctrd {
+    pub async fn connect(address: &Path, namespace: &str) -> Result<Self> {
+        let channel = containerd_client::connect(address)
+            .await
+            .with_context(|| format!("connect to containerd at {}", address.display()))?;
+        Ok(Self {
+            client: Arc::new(Client::from(channel)),
+            ns: namespace.to_string(),
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    async fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+        let req = ReadContentRequest {
+            digest: digest.to_string(),
+            offset: 0,
+            size: 0,
+        };
+        let mut stream = self
+            .client
+            .content()
+            .read(with_namespace!(req, self.ns))
+            .await
+            .with_context(|| format!("read content {digest}"))?
+            .into_inner();
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            data.extend_from_slice(&chunk.data);
+        }
+        Ok(data)
+    }
+
+    /// Looks up an image and parses its manifest (for this platform or
+    /// `wasi/wasm`) and config.
+    pub async fn image(&self, name: &str) -> Result<ImageInfo> {
+        let req = GetImageRequest {
+            name: name.to_string(),
+        };
+        let image = self
+            .client
+            .images()
+            .get(with_namespace!(req, self.ns))
+            .await
+            .with_context(|| format!("image {name} not found in namespace {}", self.ns))?
+            .into_inner()
+            .image
+            .ok_or_else(|| anyhow!("image {name} has no record"))?;
+        let target = image
+            .target
+            .ok_or_else(|| anyhow!("image {name} has no target"))?;
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&self.read_blob(&target.digest).await?)?;
+        if doc["manifests"].is_array() {
+            let arch = crate::image::host_arch();
+            let chosen = doc["manifests"]
+                .as_array()
+                .and_then(|m| {
+                    m.iter()
+                        .find(|d| d["platform"]["architecture"] == "wasm")
+                        .or_else(|| m.iter().find(|d| d["platform"]["architecture"] == arch))
+                })
+                .ok_or_else(|| anyhow!("image {name} has no wasm or {arch} manifest"))?;
+            let digest = chosen["digest"].as_str().unwrap_or_default().to_string();
+            doc = serde_json::from_slice(&self.read_blob(&digest).await?)?;
+        }
+        let config_digest = doc["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| anyhow!("manifest of {name} has no config"))?
+            .to_string();
+        let config = serde_json::from_slice(&self.read_blob(&config_digest).await?)?;
+        Ok(ImageInfo {
+            name: name.to_string(),
+            manifest: doc,
+            config_digest,
+            config,
+        })
+    }
+
+    /// Applies the image's tar layers as snapshots (skipping non-tar Wasm
+    /// layers) and returns the chain ID to use as the rootfs parent, or ""
+    /// for an image with no tar layer.
+    pub async fn unpack(&self, image: &ImageInfo) -> Result<String> {
+        let layers = image.manifest["layers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut parent = String::new();
+        for layer in layers {
+            let media_type = layer["mediaType"].as_str().unwrap_or_default();
+            if media_type != TAR_LAYER
+                && media_type != "application/vnd.docker.image.rootfs.diff.tar"
+            {
+                continue;
+            }
+            let digest = layer["digest"].as_str().unwrap_or_default().to_string();
+            // Uncompressed layers: the diff ID is the layer digest.
+            let chain = if parent.is_empty() {
+                digest.clone()
+            } else {
+                format!(
+                    "sha256:{:x}",
+                    Sha256::digest(format!("{parent} {digest}").as_bytes())
+                )
+            };
+            let stat = StatSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: chain.clone(),
+            };
+            if self
+                .client
+                .snapshots()
+                .stat(with_namespace!(stat, self.ns))
+                .await
+                .is_err()
+            {
+                let key = format!("extract-{}-{chain}", std::process::id());
+                let prep = PrepareSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: key.clone(),
+                    parent: parent.clone(),
+                    labels: HashMap::new(),
+                };
+                let mounts = self
+                    .client
+                    .snapshots()
+                    .prepare(with_namespace!(prep, self.ns))
+                    .await
+                    .context("prepare snapshot for unpack")?
+                    .into_inner()
+                    .mounts;
+                let apply = ApplyRequest {
+                    diff: Some(Descriptor {
+                        media_type: media_type.to_string(),
+                        digest: digest.clone(),
+                        size: layer["size"].as_i64().unwrap_or_default(),
+                        annotations: HashMap::new(),
+                    }),
+                    mounts,
+                    payloads: HashMap::new(),
+                    sync_fs: false,
+                };
+                self.client
+                    .diff()
+                    .apply(with_namespace!(apply, self.ns))
+                    .await
+                    .context("apply layer")?;
+                let commit = CommitSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    name: chain.clone(),
+                    key,
+                    labels: HashMap::new(),
+                };
+                self.client
+                    .snapshots()
+                    .commit(with_namespace!(commit, self.ns))
+                    .await
+                    .context("commit snapshot")?;
+            }
+            parent = chain;
+        }
+        if !parent.is_empty() {
+            // Keep the unpacked snapshots from garbage collection, as
+            // containerd's own unpacker does.
+            let label = format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}");
+            let update = UpdateRequest {
+                info: Some(Info {
+                    digest: image.config_digest.clone(),
+                    labels: HashMap::from([(label.clone(), parent.clone())]),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec![format!("labels.{label}")],
+                }),
+            };
+            self.client
+                .content()
+                .update(with_namespace!(update, self.ns))
+                .await
+                .context("label image config")?;
+        }
+        Ok(parent)
+    }
+
+    fn spec(&self, opts: &RunOpts, image: &ImageInfo) -> Result<Spec> {
+        let args = opts.args.clone().unwrap_or_else(|| image.default_args());
+        let mut env = vec![DEFAULT_PATH.to_string()];
+        for e in image.env().into_iter().chain(opts.env.iter().cloned()) {
+            let key = e.split('=').next().unwrap_or_default().to_string();
+            env.retain(|x| x.split('=').next() != Some(key.as_str()));
+            env.push(e);
+        }
+        let mut spec = Spec::default();
+        let default_process = spec.process().clone().unwrap_or_default();
+        let process = ProcessBuilder::default()
+            .terminal(false)
+            .user(default_process.user().clone())
+            .args(args)
+            .env(env)
+            .cwd("/")
+            .capabilities(default_process.capabilities().clone().unwrap_or_default())
+            .rlimits(default_process.rlimits().clone().unwrap_or_default())
+            .no_new_privileges(true)
+            .build()?;
+        spec.set_process(Some(process));
+        spec.set_hostname(Some(opts.id.clone()));
+        spec.set_root(Some(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(false)
+                .build()?,
+        ));
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.extend(opts.mounts.iter().cloned());
+        spec.set_mounts(Some(mounts));
+        let default_linux = spec.linux().clone().unwrap_or_default();
+        let namespaces = default_linux
+            .namespaces()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.typ() != LinuxNamespaceType::Cgroup)
+            .map(|n| match (&opts.netns, n.typ()) {
+                (Some(path), LinuxNamespaceType::Network) => LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Network)
+                    .path(path.clone())
+                    .build()
+                    .expect("namespace"),
+                _ => n,
+            })
+            .collect::<Vec<_>>();
+        let linux = LinuxBuilder::default()
+            .namespaces(namespaces)
+            .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
+            .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
+            .resources(default_linux.resources().clone().unwrap_or_default())
+            .cgroups_path(PathBuf::from(format!("/{}/{}", self.ns, opts.id)))
+            .build()?;
+        spec.set_linux(Some(linux));
+        if !opts.annotations.is_empty() {
+            spec.set_annotations(Some(opts.annotations.clone()));
+        }
+        Ok(spec)
+    }
+
+    /// Creates the container, its snapshot and its task; does not start it.
+    pub async fn create(&self, opts: &RunOpts) -> Result<Running> {
+        let t0 = Instant::now();
+        let image = self.image(&opts.image).await?;
+        let parent = self.unpack(&image).await?;
+        let spec = self.spec(opts, &image)?;
+        let container = Container {
+            id: opts.id.clone(),
+            image: opts.image.clone(),
+            runtime: Some(Runtime {
+                name: opts.runtime.clone(),
+                options: None,
+            }),
+            spec: Some(Any {
+                type_url: SPEC_TYPE_URL.to_string(),
+                value: serde_json::to_vec(&spec)?,
+            }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: opts.id.clone(),
+            ..Default::default()
+        };
+        let req = CreateContainerRequest {
+            container: Some(container),
+        };
+        self.client
+            .containers()
+            .create(with_namespace!(req, self.ns))
+            .await
+            .with_context(|| format!("create container {}", opts.id))?;
+        let prep = PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: opts.id.clone(),
+            parent,
+            labels: HashMap::new(),
+        };
+        let rootfs: Vec<Mount> = match self
+            .client
+            .snapshots()
+            .prepare(with_namespace!(prep, self.ns))
+            .await
+        {
+            Ok(r) => r.into_inner().mounts,
+            Err(e) => {
+                self.cleanup(&opts.id).await;
+                bail!("prepare snapshot for {}: {e}", opts.id);
+            }
+        };
+        let container_created = t0.elapsed();
+
+        let io_dir = tempfile::Builder::new()
+            .prefix("wasmhybrid-io-")
+            .tempdir()?;
+        let mut stdout = Fifo::create(io_dir.path().join("stdout"))?;
+        let mut stderr = Fifo::create(io_dir.path().join("stderr"))?;
+        let t1 = Instant::now();
+        let req = CreateTaskRequest {
+            container_id: opts.id.clone(),
+            rootfs,
+            stdout: stdout.path.display().to_string(),
+            stderr: stderr.path.display().to_string(),
+            ..Default::default()
+        };
+        let created = self
+            .client
+            .tasks()
+            .create(with_namespace!(req, self.ns))
+            .await;
+        stdout.release();
+        stderr.release();
+        let pid = match created {
+            Ok(r) => r.into_inner().pid,
+            Err(e) => {
+                let err_text = stderr.finish(Duration::from_secs(2)).await;
+                self.cleanup(&opts.id).await;
+                let mut msg = format!("create task {}: {}", opts.id, e.message());
+                if !err_text.is_empty() {
+                    msg.push_str(&format!("; container stderr: {err_text}"));
+                }
+                return Err(TaskCreateError(msg).into());
+            }
+        };
+        let task_created = t1.elapsed();
+        Ok(Running {
+            ctrd: self.clone(),
+            id: opts.id.clone(),
+            pid,
+            stdout,
+            stderr,
+            phases: Phases {
+                container_created,
+                task_created,
+                ..Default::default()
+            },
+            started_at: Instant::now(),
+            _io_dir: io_dir,
+        })
+    }
+
+    /// Creates and starts a container.
+    pub async fn start(&self, opts: &RunOpts) -> Result<Running> {
+        let mut running = self.create(opts).await?;
+        let t = Instant::now();
+        let req = StartRequest {
+            container_id: opts.id.clone(),
+            exec_id: String::new(),
+        };
+        match self
+            .client
+            .tasks()
+            .start(with_namespace!(req, self.ns))
+            .await
+        {
+            Ok(r) => running.pid = r.into_inner().pid,
+            Err(e) => {
+                let _ = running.delete().await;
+                bail!("start task {}: {}", opts.id, e.message());
+            }
+        }
+        running.phases.task_started = t.elapsed();
+        running.started_at = Instant::now();
+        Ok(running)
+    }
+
+    /// Runs a container to completion and deletes it.
+    pub async fn run(&self, opts: &RunOpts) -> Result<Finished> {
+        let running = self.start(opts).await?;
+        running.wait_and_delete().await
+    }
+
+    /// Best-effort removal of a container's task, record and snapshot.
+    pub async fn cleanup(&self, id: &str) {
+        let req = DeleteTaskRequest {
+            container_id: id.to_string(),
+        };
+        let _ = self
+            .client
+            .tasks()
+            .delete(with_namespace!(req, self.ns))
+            .await;
+        let req = DeleteContainerRequest { id: id.to_string() };
+        let _ = self
+            .client
+            .containers()
+            .delete(with_namespace!(req, self.ns))
+            .await;
+        let req = RemoveSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: id.to_string(),
+        };
+        let _ = self
+            .client
+            .snapshots()
+            .remove(with_namespace!(req, self.ns))
+            .await;
+    }
+}
+
+/// `Tasks.Create` failed: the shim refused or could not create the container.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TaskCreateError(pub String);
+
+impl Running {
+    /// What the container wrote to stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        self.stdout.text()
+    }
+
+    /// Polls stdout until it contains `needle` (bounded).
+    pub async fn wait_for_stdout(&self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.stdout.text().contains(needle) {
+            if Instant::now() > deadline {
+                bail!(
+                    "container {} did not print {needle:?} within {timeout:?}; stdout: {:?} stderr: {:?}",
+                    self.id,
+                    self.stdout.text(),
+                    self.stderr.text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    pub async fn kill(&self, signal: u32) -> Result<()> {
+        let req = KillRequest {
+            container_id: self.id.clone(),
+            exec_id: String::new(),
+            signal,
+            all: false,
+        };
+        self.ctrd
+            .client
+            .tasks()
+            .kill(with_namespace!(req, self.ctrd.ns))
+            .await
+            .with_context(|| format!("kill {} with {signal}", self.id))?;
+        Ok(())
+    }
+
+    /// Waits for the task to exit; returns its exit status.
+    pub async fn wait(&mut self) -> Result<u32> {
+        let req = WaitRequest {
+            container_id: self.id.clone(),
+            exec_id: String::new(),
+        };
+        let status = self
+            .ctrd
+            .client
+            .tasks()
+            .wait(with_namespace!(req, self.ctrd.ns))
+            .await
+            .with_context(|| format!("wait for {}", self.id))?
+            .into_inner()
+            .exit_status;
+        self.phases.ran = self.started_at.elapsed();
+        Ok(status)
+    }
+
+    /// Deletes the task, the container and its snapshot.
+    pub async fn delete(self) -> Result<(String, String, Phases)> {
+        let t = Instant::now();
+        let req = DeleteTaskRequest {
+            container_id: self.id.clone(),
+        };
+        let deleted = self
+            .ctrd
+            .client
+            .tasks()
+            .delete(with_namespace!(req, self.ctrd.ns))
+            .await;
+        let req = DeleteContainerRequest {
+            id: self.id.clone(),
+        };
+        let container_deleted = self
+            .ctrd
+            .client
+            .containers()
+            .delete(with_namespace!(req, self.ctrd.ns))
+            .await;
+        let req = RemoveSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: self.id.clone(),
+        };
+        let snapshot_removed = self
+            .ctrd
+            .client
+            .snapshots()
+            .remove(with_namespace!(req, self.ctrd.ns))
+            .await;
+        let mut phases = self.phases.clone();
+        phases.deleted = t.elapsed();
+        let stdout = self.stdout.finish(Duration::from_secs(5)).await;
+        let stderr = self.stderr.finish(Duration::from_secs(5)).await;
+        deleted.map_err(|e| anyhow!("delete task {}: {}", self.id, e.message()))?;
+        container_deleted.map_err(|e| anyhow!("delete container {}: {}", self.id, e.message()))?;
+        snapshot_removed.map_err(|e| anyhow!("remove snapshot {}: {}", self.id, e.message()))?;
+        Ok((stdout, stderr, phases))
+    }
+
+    pub async fn wait_and_delete(mut self) -> Result<Finished> {
+        let exit_code = self.wait().await?;
+        let (stdout, stderr, phases) = self.delete().await?;
+        Ok(Finished {
+            exit_code,
+            stdout,
+            stderr,
+            phases,
+        })
+    }
+}

@@ -1,0 +1,119 @@
+//! The repo's Wasm fixtures (built by `scripts/build-fixtures.sh`) and
+//! helpers to turn them into images inside a containerd namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::daemon::PrivateContainerd;
+use crate::image::{ImageSpec, write_oci_archive};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("harness lives in the repo")
+        .to_path_buf()
+}
+
+/// A fixture program of the repo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fixture {
+    /// `fixtures/wh-cmd` built for wasm32-wasip1: a core module.
+    CmdP1,
+    /// `fixtures/wh-cmd` built for wasm32-wasip2: a `wasi:cli/run` component.
+    CmdP2,
+    /// `fixtures/wh-http`: a `wasi:http/proxy` component.
+    Http,
+    /// `fixtures/wat/hello.wat`: a tiny core module.
+    HelloWat,
+    /// `fixtures/wat/no-start.wat`: a module without `_start`.
+    NoStartWat,
+}
+
+impl Fixture {
+    pub fn path(self) -> PathBuf {
+        let root = repo_root().join("fixtures");
+        match self {
+            Fixture::CmdP1 => root.join("target/wasm32-wasip1/release/wh-cmd.wasm"),
+            Fixture::CmdP2 => root.join("target/wasm32-wasip2/release/wh-cmd.wasm"),
+            Fixture::Http => root.join("target/wasm32-wasip2/release/wh_http.wasm"),
+            Fixture::HelloWat => root.join("wat/hello.wat"),
+            Fixture::NoStartWat => root.join("wat/no-start.wat"),
+        }
+    }
+
+    /// The fixture's Wasm binary.
+    pub fn bytes(self) -> Result<Vec<u8>> {
+        let path = self.path();
+        match self {
+            Fixture::HelloWat | Fixture::NoStartWat => {
+                wat::parse_file(&path).with_context(|| format!("parse {}", path.display()))
+            }
+            _ => {
+                if !path.exists() {
+                    build_fixtures()?;
+                }
+                std::fs::read(&path).with_context(|| format!("read {}", path.display()))
+            }
+        }
+    }
+}
+
+/// Builds the Rust fixtures for the wasm32 targets.
+pub fn build_fixtures() -> Result<()> {
+    let script = repo_root().join("scripts/build-fixtures.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .status()
+        .context("run build-fixtures.sh")?;
+    if !status.success() {
+        bail!("{} failed ({status})", script.display());
+    }
+    Ok(())
+}
+
+/// Writes `spec` as an OCI archive and imports it into `namespace`.
+pub fn import_image(daemon: &PrivateContainerd, namespace: &str, spec: &ImageSpec) -> Result<()> {
+    let archive = daemon
+        .dir()
+        .join(format!("{}.tar", spec.name.replace(['/', ':'], "_")));
+    write_oci_archive(spec, &archive)?;
+    let out = daemon.ctr(
+        namespace,
+        &[
+            "images",
+            "import",
+            "--all-platforms",
+            "--no-unpack",
+            &archive.to_string_lossy(),
+        ],
+    )?;
+    if !out.status.success() {
+        bail!(
+            "ctr images import {} failed: {}{}",
+            spec.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The directory of the shim binary that was built with the running
+/// executable (`target/debug` or `target/release`).
+pub fn shim_dir_next_to_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    while let Some(d) = dir {
+        if d.join("containerd-shim-wasmhybrid-v1").is_file() {
+            return Ok(d);
+        }
+        dir = d.parent().map(Path::to_path_buf);
+    }
+    bail!(
+        "containerd-shim-wasmhybrid-v1 not found next to {}: build it with `cargo build -p wasmhybrid-shim`",
+        exe.display()
+    )
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Builds the Wasm fixture programs (fixtures/) for wasm32-wasip1 and
+# wasm32-wasip2. Installs the rustup targets when missing.
+set -euo pipefail
+cd "$(dirname "$0")/../fixtures"
+for t in wasm32-wasip1 wasm32-wasip2; do
+  rustup target list --installed | grep -qx "$t" || rustup target add "$t"
+done
+cargo build --quiet --release --target wasm32-wasip1 -p wh-cmd
+cargo build --quiet --release --target wasm32-wasip2 -p wh-cmd -p wh-http

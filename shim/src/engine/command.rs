@@ -1,0 +1,89 @@
+//! Runs a WASI command to completion: a preview 1 core module (calling
+//! `_start` or the requested export) or a `wasi:cli/run` component.
+
+use wasmtime::component::{Component, Linker as ComponentLinker};
+use wasmtime::{Linker, Module, Store};
+use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::p2::bindings::Command;
+
+use super::wasi::{Host, builder};
+use super::{EngineError, GuestEnv, Outcome, WasmEngine};
+
+impl WasmEngine {
+    /// Runs a WASI preview 1 module's `func` export.
+    pub async fn run_module(
+        &self,
+        module: &Module,
+        func: &str,
+        env: &GuestEnv,
+    ) -> Result<Outcome, EngineError> {
+        let engine = self.engine();
+        let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
+        p1::add_to_linker_async(&mut linker, |t| t).map_err(EngineError::Link)?;
+        let pre = linker.instantiate_pre(module).map_err(EngineError::Link)?;
+
+        let has_func = module.get_export(func).is_some_and(|e| e.func().is_some());
+        if !has_func {
+            let hint = match module
+                .exports()
+                .filter(|e| e.ty().func().is_some())
+                .map(|e| e.name())
+                .collect::<Vec<_>>()
+            {
+                names if names.is_empty() => " (it exports no functions)".to_string(),
+                names => format!(" (exported functions: {})", names.join(", ")),
+            };
+            return Err(EngineError::UnknownExport {
+                name: func.to_string(),
+                hint,
+            });
+        }
+
+        let mut store = Store::new(engine, builder(env)?.build_p1());
+        let result = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let f = instance.get_typed_func::<(), ()>(&mut store, func)?;
+            f.call_async(&mut store, ()).await
+        }
+        .await;
+        Ok(outcome(result.map(|()| 0)))
+    }
+
+    /// Runs a `wasi:cli/run` component.
+    pub async fn run_command(
+        &self,
+        component: &Component,
+        env: &GuestEnv,
+    ) -> Result<Outcome, EngineError> {
+        let engine = self.engine();
+        let mut linker: ComponentLinker<Host> = ComponentLinker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::Link)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(EngineError::Link)?;
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(EngineError::Link)?;
+
+        let mut store = Store::new(engine, Host::new(env)?);
+        let result = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let command = Command::new(&mut store, &instance)?;
+            command.wasi_cli_run().call_run(&mut store).await
+        }
+        .await;
+        // `wasi:cli/run` returns `result`: `Err(())` is a failure with code 1.
+        Ok(outcome(result.map(|r| if r.is_ok() { 0 } else { 1 })))
+    }
+}
+
+/// Maps a guest's result to its exit code or trap.
+fn outcome(result: wasmtime::Result<i32>) -> Outcome {
+    match result {
+        Ok(code) => Outcome::Exited(code),
+        Err(err) => match err.downcast_ref::<I32Exit>() {
+            Some(exit) => Outcome::Exited(exit.0),
+            None => Outcome::Trapped(format!("{err:?}")),
+        },
+    }
+}

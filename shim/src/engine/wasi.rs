@@ -1,0 +1,63 @@
+//! The per-store host state and the WASI context built from a [`GuestEnv`].
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::filesystem::FsPerms;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::{EngineError, GuestEnv};
+
+/// Store data for components: WASI, wasi:http and their resource table.
+pub(crate) struct Host {
+    pub wasi: WasiCtx,
+    pub http: WasiHttpCtx,
+    pub table: ResourceTable,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+impl Host {
+    pub fn new(env: &GuestEnv) -> Result<Self, EngineError> {
+        Ok(Self {
+            wasi: builder(env)?.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+        })
+    }
+}
+
+/// A WASI context with the container's stdio, args, env, preopens and
+/// network (the container's own network namespace).
+pub(crate) fn builder(env: &GuestEnv) -> Result<WasiCtxBuilder, EngineError> {
+    let mut b = WasiCtxBuilder::new();
+    b.inherit_stdio()
+        .args(&env.args)
+        .envs(&env.envs)
+        .inherit_network()
+        .allow_ip_name_lookup(true);
+    for (host, guest) in &env.preopens {
+        b.preopened_dir(host, guest, FsPerms::ReadWrite)
+            .map_err(|source| EngineError::Preopen {
+                path: host.clone(),
+                source,
+            })?;
+    }
+    Ok(b)
+}
