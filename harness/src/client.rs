@@ -24,6 +24,9 @@ use containerd_client::services::v1::{
     DeleteTaskRequest, GetImageRequest, Info, KillRequest, ReadContentRequest, StartRequest,
     UpdateRequest, WaitRequest,
 };
+use containerd_client::services::v1::{
+    CreateRequest as LeaseCreateRequest, DeleteRequest as LeaseDeleteRequest,
+};
 use containerd_client::tonic::Request;
 use containerd_client::types::{Descriptor, Mount};
 use containerd_client::{Client, with_namespace};
@@ -248,6 +251,19 @@ impl Ctrd {
         &self.ns
     }
 
+    /// A request in our namespace, optionally under a lease that keeps the
+    /// resources it creates from garbage collection.
+    fn req<T>(&self, msg: T, lease: Option<&str>) -> Request<T> {
+        let mut req = with_namespace!(msg, self.ns);
+        if let Some(lease) = lease {
+            req.metadata_mut().insert(
+                "containerd-lease",
+                lease.parse().expect("lease id is ASCII"),
+            );
+        }
+        req
+    }
+
     async fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
         let req = ReadContentRequest {
             digest: digest.to_string(),
@@ -318,6 +334,33 @@ impl Ctrd {
     /// layers) and returns the chain ID to use as the rootfs parent, or ""
     /// for an image with no tar layer.
     pub async fn unpack(&self, image: &ImageInfo) -> Result<String> {
+        // As containerd's own unpacker does: a lease keeps the snapshots
+        // being extracted from the garbage collector (which runs, e.g., after
+        // another container was deleted). It expires by itself if we crash.
+        let lease_id = format!("wasmhybrid-unpack-{}-{}", std::process::id(), unique());
+        let req = LeaseCreateRequest {
+            id: lease_id.clone(),
+            labels: HashMap::from([(
+                "containerd.io/gc.expire".to_string(),
+                expiry_rfc3339(Duration::from_secs(600)),
+            )]),
+        };
+        self.client
+            .leases()
+            .create(self.req(req, None))
+            .await
+            .context("create lease")?;
+        let result = self.unpack_leased(image, &lease_id).await;
+        let req = LeaseDeleteRequest {
+            id: lease_id,
+            sync: false,
+        };
+        let _ = self.client.leases().delete(self.req(req, None)).await;
+        result
+    }
+
+    async fn unpack_leased(&self, image: &ImageInfo, lease: &str) -> Result<String> {
+        let lease = Some(lease);
         let layers = image.manifest["layers"]
             .as_array()
             .cloned()
@@ -351,7 +394,7 @@ impl Ctrd {
                 .await
                 .is_err()
             {
-                let key = format!("extract-{}-{chain}", std::process::id());
+                let key = format!("extract-{}-{} {chain}", std::process::id(), unique());
                 let prep = PrepareSnapshotRequest {
                     snapshotter: SNAPSHOTTER.into(),
                     key: key.clone(),
@@ -361,7 +404,7 @@ impl Ctrd {
                 let mounts = self
                     .client
                     .snapshots()
-                    .prepare(with_namespace!(prep, self.ns))
+                    .prepare(self.req(prep, lease))
                     .await
                     .context("prepare snapshot for unpack")?
                     .into_inner()
@@ -379,7 +422,7 @@ impl Ctrd {
                 };
                 self.client
                     .diff()
-                    .apply(with_namespace!(apply, self.ns))
+                    .apply(self.req(apply, lease))
                     .await
                     .context("apply layer")?;
                 let commit = CommitSnapshotRequest {
@@ -390,7 +433,7 @@ impl Ctrd {
                 };
                 self.client
                     .snapshots()
-                    .commit(with_namespace!(commit, self.ns))
+                    .commit(self.req(commit, lease))
                     .await
                     .context("commit snapshot")?;
             }
@@ -412,7 +455,7 @@ impl Ctrd {
             };
             self.client
                 .content()
-                .update(with_namespace!(update, self.ns))
+                .update(self.req(update, lease))
                 .await
                 .context("label image config")?;
         }
@@ -750,5 +793,50 @@ impl Running {
             stderr,
             phases,
         })
+    }
+}
+
+/// A process-wide counter for unique names.
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `now + after` as RFC 3339 (UTC), for containerd's `gc.expire` label.
+fn expiry_rfc3339(after: Duration) -> String {
+    let t = std::time::SystemTime::now() + after;
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_expiry_is_well_formed() {
+        let s = super::expiry_rfc3339(std::time::Duration::ZERO);
+        assert_eq!(s.len(), 20, "{s}");
+        assert!(
+            s.starts_with("20") && s.ends_with('Z') && s.as_bytes()[10] == b'T',
+            "{s}"
+        );
     }
 }

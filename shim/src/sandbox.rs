@@ -89,17 +89,13 @@ fn report(err: &RunError) {
 }
 
 impl Sandbox for WasmHybridSandbox {
-    async fn can_handle(&self, ctx: &impl RuntimeContext) -> Result<()> {
-        // Cheap checks only: the source exists and is Wasm. Compilation
-        // errors are reported by `run_wasi`.
-        let checked = plan(ctx).map(|(decision, _)| decision);
-        match checked {
-            Ok(_) => Ok(()),
-            Err(err) => {
-                report(&err);
-                Err(anyhow::anyhow!(err))
-            }
-        }
+    /// Accepts every container the framework did not already recognise as
+    /// native: whether it holds runnable Wasm is decided in `run_wasi`,
+    /// which reports a bad entrypoint on the container's stderr (what
+    /// `kubectl logs` shows) with a documented exit code. A refusal here
+    /// would only surface as containerd's generic "can't handle spec".
+    async fn can_handle(&self, _ctx: &impl RuntimeContext) -> Result<()> {
+        Ok(())
     }
 
     async fn run_wasi(&self, ctx: &impl RuntimeContext) -> Result<i32> {

@@ -1,13 +1,13 @@
 //! Runs a WASI command to completion: a preview 1 core module (calling
 //! `_start` or the requested export) or a `wasi:cli/run` component.
 
-use wasmtime::component::{Component, Linker as ComponentLinker};
+use wasmtime::component::Component;
 use wasmtime::{Linker, Module, Store};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::bindings::Command;
 
-use super::wasi::{Host, builder};
+use super::wasi::{Host, builder, component_linker};
 use super::{EngineError, GuestEnv, Outcome, WasmEngine};
 
 impl WasmEngine {
@@ -57,11 +57,7 @@ impl WasmEngine {
         env: &GuestEnv,
     ) -> Result<Outcome, EngineError> {
         let engine = self.engine();
-        let mut linker: ComponentLinker<Host> = ComponentLinker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::Link)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(EngineError::Link)?;
-        let pre = linker
+        let pre = component_linker(engine)?
             .instantiate_pre(component)
             .map_err(EngineError::Link)?;
 
@@ -72,7 +68,8 @@ impl WasmEngine {
             command.wasi_cli_run().call_run(&mut store).await
         }
         .await;
-        // `wasi:cli/run` returns `result`: `Err(())` is a failure with code 1.
+        // `wasi:cli/run` returns `result`: `Err(())` is a failure with code 1
+        // (WASI 0.2's `exit` carries only success or failure, too).
         Ok(outcome(result.map(|r| if r.is_ok() { 0 } else { 1 })))
     }
 }

@@ -6,13 +6,13 @@ use std::future::Future;
 
 use hyper::body::Incoming;
 use wasmtime::Store;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Component;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::wasi::Host;
+use super::wasi::{Host, component_linker};
 use super::{EngineError, GuestEnv, WasmEngine};
 use crate::http::Backend;
 
@@ -29,11 +29,7 @@ impl WasmEngine {
         component: &Component,
         env: GuestEnv,
     ) -> Result<ProxyBackend, EngineError> {
-        let mut linker: Linker<Host> = Linker::new(self.engine());
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::Link)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(EngineError::Link)?;
-        let pre = linker
+        let pre = component_linker(self.engine())?
             .instantiate_pre(component)
             .and_then(ProxyPre::new)
             .map_err(EngineError::Link)?;

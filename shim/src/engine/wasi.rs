@@ -1,6 +1,7 @@
 //! The per-store host state and the WASI context built from a [`GuestEnv`].
 
-use wasmtime::component::ResourceTable;
+use wasmtime::Engine;
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::filesystem::FsPerms;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -60,4 +61,15 @@ pub(crate) fn builder(env: &GuestEnv) -> Result<WasiCtxBuilder, EngineError> {
             })?;
     }
     Ok(b)
+}
+
+/// The component linker shared by commands and HTTP proxies: WASI 0.2 plus
+/// `wasi:http`. (`wasi:cli/exit` gives components only success or failure,
+/// unless they use `exit-with-code` from WASI 0.2.12.)
+pub(crate) fn component_linker(engine: &Engine) -> Result<Linker<Host>, EngineError> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::Link)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(EngineError::Link)?;
+    Ok(linker)
 }

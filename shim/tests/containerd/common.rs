@@ -1,0 +1,124 @@
+//! Shared set-up for the containerd tests.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use wasmhybrid_harness::client::{Ctrd, RunOpts, WASMHYBRID_RUNTIME};
+use wasmhybrid_harness::daemon::{DaemonOptions, PrivateContainerd};
+use wasmhybrid_harness::fixtures::{Fixture, import_image};
+use wasmhybrid_harness::image::ImageSpec;
+
+pub const P1_ROOTFS: &str = "localhost/wh/cmd-p1:rootfs";
+pub const P2_ROOTFS: &str = "localhost/wh/cmd-p2:rootfs";
+pub const HTTP_ARTIFACT: &str = "localhost/wh/http:artifact";
+
+/// One test's private containerd, namespace and client.
+pub struct TestEnv {
+    pub daemon: PrivateContainerd,
+    pub ns: String,
+    pub ctrd: Ctrd,
+}
+
+fn shim_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_containerd-shim-wasmhybrid-v1"))
+        .parent()
+        .expect("shim dir")
+        .to_path_buf()
+}
+
+impl TestEnv {
+    /// Starts containerd for test `name`; panics with containerd's log if
+    /// it cannot start.
+    pub async fn new(name: &str) -> Self {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "the containerd tests need root (run scripts/test.sh as root)"
+        );
+        let mut daemon = PrivateContainerd::start(DaemonOptions {
+            shim_dir: shim_dir(),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("containerd did not start: {e:#}"));
+        let ns = daemon.namespace(name);
+        let ctrd = Ctrd::connect(&daemon.address(), &ns)
+            .await
+            .expect("connect to containerd");
+        Self { daemon, ns, ctrd }
+    }
+
+    pub fn import(&self, spec: &ImageSpec) {
+        import_image(&self.daemon, &self.ns, spec)
+            .unwrap_or_else(|e| panic!("import {}: {e:#}", spec.name));
+    }
+
+    /// Imports the standard command images.
+    pub fn import_cmd_images(&self) {
+        self.import(&ImageSpec::rootfs(
+            P1_ROOTFS,
+            "wh-cmd.wasm",
+            bytes(Fixture::CmdP1),
+        ));
+        self.import(&ImageSpec::rootfs(
+            P2_ROOTFS,
+            "wh-cmd.wasm",
+            bytes(Fixture::CmdP2),
+        ));
+    }
+
+    pub fn opts(&self, id: &str, image: &str, args: &[&str]) -> RunOpts {
+        RunOpts::new(id, image, WASMHYBRID_RUNTIME).args(args)
+    }
+
+    /// What is left of container `id` after it was deleted: shim processes,
+    /// mounts, cgroups and shim state. Waits a little for shims to exit.
+    pub fn leftovers(&self, id: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut left;
+        loop {
+            left = Vec::new();
+            for pid in self.daemon.shim_pids() {
+                let cmdline =
+                    std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if cmdline.contains(id) {
+                    left.push(format!("shim process {pid}"));
+                }
+            }
+            let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+            for line in mounts.lines().filter(|l| l.contains(id)) {
+                left.push(format!("mount {line}"));
+            }
+            for controller in ["memory", "pids", "cpu", "devices", "freezer"] {
+                let cg = Path::new("/sys/fs/cgroup")
+                    .join(controller)
+                    .join(&self.ns)
+                    .join(id);
+                if cg.exists() {
+                    left.push(format!("cgroup {}", cg.display()));
+                }
+            }
+            let state = Path::new("/run/containerd/wasmhybrid")
+                .join(&self.ns)
+                .join(id);
+            if state.exists() {
+                left.push(format!("shim state {}", state.display()));
+            }
+            if left.is_empty() || Instant::now() > deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asserts the shim logged no panic through containerd.
+    pub fn assert_no_panic_logged(&self) {
+        let log = self.daemon.log();
+        assert!(
+            !log.contains("panicked"),
+            "a panic reached containerd's log:\n{log}"
+        );
+    }
+}
+
+pub fn bytes(f: Fixture) -> Vec<u8> {
+    f.bytes().unwrap_or_else(|e| panic!("fixture {f:?}: {e:#}"))
+}
