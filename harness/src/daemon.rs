@@ -228,17 +228,21 @@ impl PrivateContainerd {
 
     /// Runs `ctr --address <ours> --namespace <ns> args...`.
     pub fn ctr(&self, namespace: &str, args: &[&str]) -> Result<std::process::Output> {
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(self.address())
-            .arg("--namespace")
-            .arg(namespace)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("run ctr {args:?}"))?;
-        Ok(out)
+        ctr(&self.address(), namespace, args)
     }
+}
+
+/// Runs `ctr --address <address> --namespace <ns> args...`.
+pub fn ctr(address: &Path, namespace: &str, args: &[&str]) -> Result<std::process::Output> {
+    Command::new("ctr")
+        .arg("--address")
+        .arg(address)
+        .arg("--namespace")
+        .arg(namespace)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run ctr {args:?}"))
 }
 
 impl Drop for PrivateContainerd {

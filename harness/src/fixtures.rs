@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::daemon::PrivateContainerd;
+use crate::daemon::{PrivateContainerd, ctr};
 use crate::image::{ImageSpec, write_oci_archive};
 
 /// The repository root.
@@ -74,13 +74,25 @@ pub fn build_fixtures() -> Result<()> {
     Ok(())
 }
 
-/// Writes `spec` as an OCI archive and imports it into `namespace`.
+/// Writes `spec` as an OCI archive and imports it into `namespace` of the
+/// private containerd.
 pub fn import_image(daemon: &PrivateContainerd, namespace: &str, spec: &ImageSpec) -> Result<()> {
-    let archive = daemon
-        .dir()
-        .join(format!("{}.tar", spec.name.replace(['/', ':'], "_")));
+    import_image_at(&daemon.address(), daemon.dir(), namespace, spec)
+}
+
+/// Writes `spec` as an OCI archive in `workdir` and imports it (without
+/// unpacking; [`crate::client::Ctrd::unpack`] does that) into `namespace`
+/// of the containerd at `address`.
+pub fn import_image_at(
+    address: &Path,
+    workdir: &Path,
+    namespace: &str,
+    spec: &ImageSpec,
+) -> Result<()> {
+    let archive = workdir.join(format!("{}.tar", spec.name.replace(['/', ':'], "_")));
     write_oci_archive(spec, &archive)?;
-    let out = daemon.ctr(
+    let out = ctr(
+        address,
         namespace,
         &[
             "images",

@@ -68,8 +68,15 @@ enum RunError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("{0}")]
-    Other(String),
+    #[error("the image lists a Wasm layer but containerd returned no bytes for it")]
+    LayerMissing,
+    #[error("cannot read entrypoint {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
 }
 
 impl RunError {
@@ -141,7 +148,7 @@ fn plan<'a>(ctx: &'a impl RuntimeContext) -> Result<(Decision, Cow<'a, [u8]>), R
             Cow::Owned(bytes)
         }
         (WasmSource::OciLayer { .. }, None) => {
-            return Err(RunError::Other("the image's Wasm layer is missing".into()));
+            return Err(RunError::LayerMissing);
         }
     };
     let decision = dispatch::decide(args, source, &bytes)?;
@@ -170,7 +177,7 @@ async fn run(ctx: &impl RuntimeContext) -> Result<i32, RunError> {
             log::info!("serving wasi:http on {addr}");
             http::serve(listener, backend)
                 .await
-                .map_err(|e| RunError::Other(format!("HTTP server failed: {e}")))?;
+                .map_err(RunError::Serve)?;
             Outcome::Exited(0)
         }
     };
@@ -230,6 +237,9 @@ fn read_entrypoint(path: &Path) -> Result<Vec<u8>, RunError> {
     })?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
-        .map_err(|e| RunError::Other(format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|source| RunError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(bytes)
 }

@@ -166,3 +166,89 @@ impl WasmEngine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXIT_42: &str = r#"(module
+        (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+        (memory (export "memory") 1)
+        (func (export "_start") (call $exit (i32.const 42)))
+        (func (export "other")))"#;
+
+    fn module(engine: &WasmEngine, wat: &str) -> Module {
+        match engine.load(&wat::parse_str(wat).expect("wat"), WasmForm::CoreModule) {
+            Ok(Loaded::Module(m)) => m,
+            Ok(other) => panic!("loaded a {}", other.kind()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn proc_exit_code_is_the_outcome() {
+        let engine = WasmEngine::new().expect("engine");
+        let m = module(&engine, EXIT_42);
+        let outcome = engine
+            .run_module(&m, "_start", &GuestEnv::default())
+            .await
+            .expect("run");
+        assert_eq!(outcome, Outcome::Exited(42));
+        let outcome = engine
+            .run_module(&m, "other", &GuestEnv::default())
+            .await
+            .expect("run");
+        assert_eq!(outcome, Outcome::Exited(0));
+    }
+
+    #[tokio::test]
+    async fn trap_is_reported_with_its_reason() {
+        let engine = WasmEngine::new().expect("engine");
+        let m = module(&engine, r#"(module (func (export "_start") unreachable))"#);
+        match engine
+            .run_module(&m, "_start", &GuestEnv::default())
+            .await
+            .expect("run")
+        {
+            Outcome::Trapped(msg) => assert!(msg.contains("unreachable"), "{msg}"),
+            other => panic!("expected a trap, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_export_names_the_exports() {
+        let engine = WasmEngine::new().expect("engine");
+        let m = module(&engine, EXIT_42);
+        let err = engine
+            .run_module(&m, "nosuch", &GuestEnv::default())
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("no export `nosuch`") && msg.contains("_start, other"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn component_without_a_known_world_is_rejected() {
+        let engine = WasmEngine::new().expect("engine");
+        let bytes = wat::parse_str("(component)").expect("wat");
+        let err = engine
+            .load(&bytes, WasmForm::Component)
+            .err()
+            .expect("rejected");
+        assert!(matches!(err, EngineError::UnknownWorld { .. }), "{err}");
+        assert!(err.to_string().contains("exports: none"), "{err}");
+    }
+
+    #[test]
+    fn invalid_bytes_are_a_compile_error() {
+        let engine = WasmEngine::new().expect("engine");
+        let err = engine
+            .load(b"\0asm\x01\0\0\0\x01\xff", WasmForm::CoreModule)
+            .err()
+            .expect("rejected");
+        assert!(err.to_string().starts_with("invalid core module"), "{err}");
+    }
+}

@@ -16,6 +16,18 @@ enum Failure {
     Exited(u32, String),
 }
 
+/// A bad-input case: id, image, args (`None`: the image's), extra env, the
+/// expected exit code (`None`: a refused create) and the message the
+/// container's stderr and the shim log must carry.
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a [&'a str]>,
+    &'a [&'a str],
+    Option<u32>,
+    &'a str,
+);
+
 async fn run_bad(
     env: &TestEnv,
     id: &str,
@@ -69,8 +81,7 @@ async fn bad_inputs_fail_clearly_and_the_next_container_runs() {
     empty.entrypoint = vec![];
     env.import(&empty);
 
-    // (id, image, args, env, expected exit code or None for a refused create, message)
-    let cases: &[(&str, &str, Option<&[&str]>, &[&str], Option<u32>, &str)] = &[
+    let cases: &[Case] = &[
         (
             "not-wasm",
             "localhost/wh/bad:text",
