@@ -652,7 +652,7 @@ impl Ctrd {
         running.wait_and_delete().await
     }
 
-    /// Best-effort removal of a container's task, record and snapshot.
+    /// Best-effort removal of a container's task, snapshot and record.
     pub async fn cleanup(&self, id: &str) {
         let req = DeleteTaskRequest {
             container_id: id.to_string(),
@@ -660,12 +660,6 @@ impl Ctrd {
         let _ = self
             .client
             .tasks()
-            .delete(with_namespace!(req, self.ns))
-            .await;
-        let req = DeleteContainerRequest { id: id.to_string() };
-        let _ = self
-            .client
-            .containers()
             .delete(with_namespace!(req, self.ns))
             .await;
         let req = RemoveSnapshotRequest {
@@ -676,6 +670,12 @@ impl Ctrd {
             .client
             .snapshots()
             .remove(with_namespace!(req, self.ns))
+            .await;
+        let req = DeleteContainerRequest { id: id.to_string() };
+        let _ = self
+            .client
+            .containers()
+            .delete(with_namespace!(req, self.ns))
             .await;
     }
 }
@@ -743,7 +743,9 @@ impl Running {
         Ok(status)
     }
 
-    /// Deletes the task, the container and its snapshot.
+    /// Deletes the task, the snapshot and the container, in the order
+    /// containerd's own client uses (the snapshot first: once the container
+    /// record is gone the garbage collector may take the snapshot).
     pub async fn delete(self) -> Result<(String, String, Phases)> {
         let t = Instant::now();
         let req = DeleteTaskRequest {
@@ -755,6 +757,20 @@ impl Running {
             .tasks()
             .delete(with_namespace!(req, self.ctrd.ns))
             .await;
+        let req = RemoveSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: self.id.clone(),
+        };
+        let snapshot_removed = match self
+            .ctrd
+            .client
+            .snapshots()
+            .remove(with_namespace!(req, self.ctrd.ns))
+            .await
+        {
+            Err(e) if e.code() == containerd_client::tonic::Code::NotFound => Ok(()),
+            other => other.map(|_| ()),
+        };
         let req = DeleteContainerRequest {
             id: self.id.clone(),
         };
@@ -764,23 +780,13 @@ impl Running {
             .containers()
             .delete(with_namespace!(req, self.ctrd.ns))
             .await;
-        let req = RemoveSnapshotRequest {
-            snapshotter: SNAPSHOTTER.into(),
-            key: self.id.clone(),
-        };
-        let snapshot_removed = self
-            .ctrd
-            .client
-            .snapshots()
-            .remove(with_namespace!(req, self.ctrd.ns))
-            .await;
         let mut phases = self.phases.clone();
         phases.deleted = t.elapsed();
         let stdout = self.stdout.finish(Duration::from_secs(5)).await;
         let stderr = self.stderr.finish(Duration::from_secs(5)).await;
         deleted.map_err(|e| anyhow!("delete task {}: {}", self.id, e.message()))?;
-        container_deleted.map_err(|e| anyhow!("delete container {}: {}", self.id, e.message()))?;
         snapshot_removed.map_err(|e| anyhow!("remove snapshot {}: {}", self.id, e.message()))?;
+        container_deleted.map_err(|e| anyhow!("delete container {}: {}", self.id, e.message()))?;
         Ok((stdout, stderr, phases))
     }
 

@@ -1,14 +1,147 @@
 //! Pure decisions about what a container runs, made once and logged once.
 //!
-//! Inputs are plain data taken from the OCI spec (the process args) and the
-//! image (its Wasm layers, or the first bytes of the entrypoint file); the
-//! output is a [`Decision`] with a human-readable reason, or a
-//! [`DispatchError`] that says exactly why the container cannot run. Nothing
-//! here touches the file system, containerd or Wasmtime, so it is unit-tested
-//! on plain fixtures.
+//! Two decisions, both plain functions of data:
+//! - [`route`], at shim `start`: Wasmtime or runc, from the OCI spec's
+//!   annotations and the image's metadata ([`ImageMeta`]), with the reason;
+//! - [`choose_source`] / [`decide`], in the Wasm container: which Wasm
+//!   binary to run (an OCI layer or a rootfs file) and in which form.
+//!
+//! Nothing here touches the file system, containerd or Wasmtime, so it is
+//! unit-tested on plain fixtures.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+
+/// The heavy-I/O tag: this key with [`HEAVY_IO_VALUE`], as an image config
+/// label, an image manifest annotation, or a container/pod annotation.
+pub const WORKLOAD_KEY: &str = "wasmhybrid.io/workload";
+/// The only value [`WORKLOAD_KEY`] takes.
+pub const HEAVY_IO_VALUE: &str = "heavy-io";
+/// CRI annotation naming a container's pod sandbox (the shim grouping key).
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI annotation saying whether a container is the pod sandbox itself.
+pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+/// The value of [`CONTAINER_TYPE_ANNOTATION`] for the pod sandbox (pause).
+const SANDBOX_CONTAINER_TYPE: &str = "sandbox";
+/// The OCI architecture of Wasm images.
+pub const WASM_ARCH: &str = "wasm";
+
+/// What containerd knows about a container's image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageMeta {
+    pub name: String,
+    pub os: String,
+    pub architecture: String,
+    pub config_labels: HashMap<String, String>,
+    pub manifest_annotations: HashMap<String, String>,
+}
+
+impl ImageMeta {
+    fn platform(&self) -> String {
+        format!("{}/{}", self.os, self.architecture)
+    }
+}
+
+/// Which runtime runs a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// Wasmtime, in this shim.
+    Wasm,
+    /// runc, through containerd's own `containerd-shim-runc-v2`.
+    Runc,
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Runtime::Wasm => "wasm",
+            Runtime::Runc => "runc",
+        })
+    }
+}
+
+/// A routing decision and its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub runtime: Runtime,
+    pub reason: String,
+}
+
+/// Where the heavy-I/O tag was found.
+fn heavy_io_tag(
+    annotations: &HashMap<String, String>,
+    image: Option<&ImageMeta>,
+) -> Result<Option<&'static str>, DispatchError> {
+    let sources: [(&'static str, Option<&HashMap<String, String>>); 3] = [
+        ("container/pod annotation", Some(annotations)),
+        (
+            "image manifest annotation",
+            image.map(|i| &i.manifest_annotations),
+        ),
+        ("image config label", image.map(|i| &i.config_labels)),
+    ];
+    for (source, map) in sources {
+        match map.and_then(|m| m.get(WORKLOAD_KEY)) {
+            None => {}
+            Some(v) if v == HEAVY_IO_VALUE => return Ok(Some(source)),
+            Some(v) => {
+                return Err(DispatchError::BadWorkloadValue {
+                    origin: source,
+                    value: v.clone(),
+                });
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Decides, at shim start, whether Wasmtime or runc runs a container.
+///
+/// `image` is `None` when the container has no image in containerd (then
+/// only the annotations count, and the Wasm path gets it).
+pub fn route(
+    annotations: &HashMap<String, String>,
+    image: Option<&ImageMeta>,
+) -> Result<Route, DispatchError> {
+    let runc = |reason: String| Route {
+        runtime: Runtime::Runc,
+        reason,
+    };
+    if annotations
+        .get(CONTAINER_TYPE_ANNOTATION)
+        .map(String::as_str)
+        == Some(SANDBOX_CONTAINER_TYPE)
+    {
+        return Ok(runc("pod sandbox container".into()));
+    }
+    let is_wasm = image.map(|i| i.architecture == WASM_ARCH);
+    if let Some(source) = heavy_io_tag(annotations, image)? {
+        if is_wasm == Some(true) {
+            let image = image.map(|i| i.name.clone()).unwrap_or_default();
+            return Err(DispatchError::TaggedWasmImage {
+                image,
+                origin: source,
+            });
+        }
+        return Ok(runc(format!(
+            "tagged {WORKLOAD_KEY}={HEAVY_IO_VALUE} ({source})"
+        )));
+    }
+    match image {
+        Some(i) if i.architecture != WASM_ARCH => {
+            Ok(runc(format!("native image {} ({})", i.name, i.platform())))
+        }
+        Some(i) => Ok(Route {
+            runtime: Runtime::Wasm,
+            reason: format!("Wasm image {} ({})", i.name, i.platform()),
+        }),
+        None => Ok(Route {
+            runtime: Runtime::Wasm,
+            reason: "no image metadata in containerd; trying the Wasm path".into(),
+        }),
+    }
+}
 
 /// OCI layer media types that carry a Wasm binary (OCI Wasm artifacts).
 pub const WASM_LAYER_MEDIA_TYPES: &[&str] = &[
@@ -167,6 +300,13 @@ pub fn decide(
 /// Why a container has nothing the shim can run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DispatchError {
+    #[error(
+        "image {image} is tagged {WORKLOAD_KEY}={HEAVY_IO_VALUE} ({origin}) but is a Wasm image: \
+         runc has nothing to run; remove the tag or use a native image"
+    )]
+    TaggedWasmImage { image: String, origin: &'static str },
+    #[error("{WORKLOAD_KEY}={value:?} ({origin}): the only accepted value is {HEAVY_IO_VALUE:?}")]
+    BadWorkloadValue { origin: &'static str, value: String },
     #[error("no entrypoint: the process args are empty and the image has no Wasm layer")]
     NoEntrypoint,
     #[error(
@@ -299,6 +439,87 @@ mod tests {
         let a = args(&["/c.wasm#run"]);
         let err = decide(&a, WasmSource::Rootfs("/c.wasm".into()), COMPONENT).unwrap_err();
         assert!(matches!(err, DispatchError::FuncOnComponent { .. }));
+    }
+
+    fn meta(arch: &str) -> ImageMeta {
+        ImageMeta {
+            name: "img".into(),
+            os: if arch == WASM_ARCH {
+                "wasi".into()
+            } else {
+                "linux".into()
+            },
+            architecture: arch.into(),
+            ..Default::default()
+        }
+    }
+
+    fn tagged() -> HashMap<String, String> {
+        HashMap::from([(WORKLOAD_KEY.to_string(), HEAVY_IO_VALUE.to_string())])
+    }
+
+    #[test]
+    fn native_images_go_to_runc_and_wasm_images_to_wasmtime() {
+        let none = HashMap::new();
+        let r = route(&none, Some(&meta("amd64"))).expect("route");
+        assert_eq!(r.runtime, Runtime::Runc);
+        assert_eq!(r.reason, "native image img (linux/amd64)");
+        let r = route(&none, Some(&meta(WASM_ARCH))).expect("route");
+        assert_eq!(r.runtime, Runtime::Wasm);
+        assert_eq!(route(&none, None).expect("route").runtime, Runtime::Wasm);
+    }
+
+    #[test]
+    fn the_pod_sandbox_goes_to_runc() {
+        let a = HashMap::from([(CONTAINER_TYPE_ANNOTATION.to_string(), "sandbox".to_string())]);
+        assert_eq!(route(&a, None).expect("route").runtime, Runtime::Runc);
+    }
+
+    #[test]
+    fn heavy_io_tag_is_honoured_from_each_source() {
+        let none = HashMap::new();
+        let r = route(&tagged(), Some(&meta("amd64"))).expect("route");
+        assert_eq!(r.runtime, Runtime::Runc);
+        assert!(
+            r.reason.contains("container/pod annotation"),
+            "{}",
+            r.reason
+        );
+
+        let mut m = meta("arm64");
+        m.manifest_annotations = tagged();
+        assert!(
+            route(&none, Some(&m))
+                .expect("route")
+                .reason
+                .contains("manifest annotation")
+        );
+
+        let mut m = meta("amd64");
+        m.config_labels = tagged();
+        assert!(
+            route(&none, Some(&m))
+                .expect("route")
+                .reason
+                .contains("config label")
+        );
+    }
+
+    #[test]
+    fn tagged_wasm_image_is_an_error_not_a_wasm_run() {
+        let mut m = meta(WASM_ARCH);
+        m.config_labels = tagged();
+        let err = route(&HashMap::new(), Some(&m)).unwrap_err();
+        assert!(matches!(err, DispatchError::TaggedWasmImage { .. }));
+        assert!(err.to_string().contains("runc has nothing to run"), "{err}");
+        assert!(route(&tagged(), Some(&meta(WASM_ARCH))).is_err());
+    }
+
+    #[test]
+    fn a_misspelt_tag_value_is_reported() {
+        let a = HashMap::from([(WORKLOAD_KEY.to_string(), "heavy_io".to_string())]);
+        let err = route(&a, Some(&meta("amd64"))).unwrap_err();
+        assert!(err.to_string().contains("\"heavy_io\""), "{err}");
     }
 
     #[test]

@@ -2,5 +2,5 @@
 //! runtime type `io.containerd.wasmhybrid.v1`.
 
 fn main() {
-    wasmhybrid_shim::run_shim();
+    wasmhybrid_shim::cli::main();
 }

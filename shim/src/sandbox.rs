@@ -158,7 +158,7 @@ fn plan<'a>(ctx: &'a impl RuntimeContext) -> Result<(Decision, Cow<'a, [u8]>), R
 async fn run(ctx: &impl RuntimeContext) -> Result<i32, RunError> {
     let config = WorkloadConfig::from_env(ctx.envs())?;
     let (decision, bytes) = plan(ctx)?;
-    log::info!("dispatch: {}", decision.reason());
+    log::info!("running {}", decision.reason());
 
     let engine = WasmEngine::new()?;
     let loaded = engine.load(&bytes, decision.form)?;

@@ -1,0 +1,156 @@
+//! The binary's entry point. containerd runs the shim with an action:
+//!
+//! - `start` (cwd = the bundle): decide the runtime ([`dispatch::route`]);
+//!   for runc, hand over to `containerd-shim-runc-v2` ([`crate::runc`]);
+//!   for Wasm, spawn this shim's daemon and print its socket address;
+//! - `delete`: clean up after a dead shim, by whichever shim owned it;
+//! - no action: the long-running shim daemon (runwasi's framework).
+//!
+//! `start` must print nothing but the address on stdout and stderr
+//! (containerd reads both as one), so its decision is logged through the
+//! bundle's `log` FIFO, which containerd copies into its own log.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use containerd_shim::{Flags, StartOpts};
+use oci_spec::runtime::Spec;
+
+use crate::dispatch::{self, Route, Runtime};
+use crate::{image, runc, sandbox};
+
+/// Environment variable containerd sets with its TTRPC address.
+const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
+/// Prefix of the shim grouping key of Wasm containers in a pod, so that they
+/// never share a socket address with the pod's runc shim (which groups by
+/// the bare sandbox id).
+pub const WASM_GROUP_PREFIX: &str = "wasmhybrid-";
+
+/// Runs the shim binary.
+pub fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(flags) => flags,
+        // Let the framework report bad flags the way containerd expects.
+        Err(_) => return sandbox::run_shim(),
+    };
+    match flags.action.as_str() {
+        "start" => std::process::exit(start(&flags, &args[1..])),
+        "delete" => {
+            let bundle = if flags.bundle.is_empty() {
+                std::env::current_dir().unwrap_or_default()
+            } else {
+                PathBuf::from(&flags.bundle)
+            };
+            if runc::is_delegated(&bundle) {
+                let err = runc::exec_shim(&args[1..]);
+                eprintln!("wasmhybrid: {err}");
+                std::process::exit(1);
+            }
+            sandbox::run_shim()
+        }
+        _ => sandbox::run_shim(),
+    }
+}
+
+/// The `start` action; returns the process exit code.
+fn start(flags: &Flags, args: &[OsString]) -> i32 {
+    let bundle = std::env::current_dir().unwrap_or_default();
+    match decide(flags, &bundle) {
+        Ok((route, annotations)) => {
+            log_to_containerd(
+                &bundle,
+                flags,
+                &format!("dispatch: {}: {}", route.runtime, route.reason),
+            );
+            if let Err(e) = runc::record(&bundle, &route) {
+                eprintln!("wasmhybrid: {e}");
+                return 1;
+            }
+            match route.runtime {
+                Runtime::Runc => {
+                    let err = runc::exec_shim(args);
+                    eprintln!("wasmhybrid: {err}");
+                    1
+                }
+                Runtime::Wasm => start_wasm(flags, &annotations),
+            }
+        }
+        Err(msg) => {
+            log_to_containerd(&bundle, flags, &format!("cannot start container: {msg}"));
+            eprintln!("wasmhybrid: {msg}");
+            1
+        }
+    }
+}
+
+fn decide(flags: &Flags, bundle: &Path) -> Result<(Route, HashMap<String, String>), String> {
+    let spec = Spec::load(bundle.join("config.json"))
+        .map_err(|e| format!("cannot read the bundle's config.json: {e}"))?;
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    // The pod sandbox needs no image lookup.
+    let sandbox_only = dispatch::route(&annotations, None).ok().filter(|r| {
+        r.runtime == Runtime::Runc && !annotations.contains_key(dispatch::WORKLOAD_KEY)
+    });
+    let route = match sandbox_only {
+        Some(route) => route,
+        None => {
+            let meta = image::lookup(&flags.address, &flags.namespace, &flags.id)
+                .map_err(|e| format!("cannot read the image's metadata: {e}"))?;
+            dispatch::route(&annotations, meta.as_ref()).map_err(|e| e.to_string())?
+        }
+    };
+    Ok((route, annotations))
+}
+
+/// Spawns this shim's daemon for a Wasm container, grouped per pod.
+fn start_wasm(flags: &Flags, annotations: &HashMap<String, String>) -> i32 {
+    let grouping = match annotations.get(dispatch::SANDBOX_ID_ANNOTATION) {
+        Some(sandbox) => format!("{WASM_GROUP_PREFIX}{sandbox}"),
+        None => flags.id.clone(),
+    };
+    let opts = StartOpts {
+        id: flags.id.clone(),
+        publish_binary: flags.publish_binary.clone(),
+        address: flags.address.clone(),
+        ttrpc_address: std::env::var(TTRPC_ADDRESS).unwrap_or_default(),
+        namespace: flags.namespace.clone(),
+        debug: flags.debug,
+    };
+    match containerd_shim::spawn(opts, &grouping, vec![])
+        .and_then(|(_, address)| containerd_shim::util::write_address(&address).map(|()| address))
+    {
+        Ok(address) => {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "{address}");
+            let _ = out.flush();
+            0
+        }
+        Err(e) => {
+            eprintln!("wasmhybrid: cannot start the shim daemon: {e}");
+            1
+        }
+    }
+}
+
+/// Writes one info line into containerd's log through the bundle's `log`
+/// FIFO (best effort: without a reader there is nobody to tell).
+fn log_to_containerd(bundle: &Path, flags: &Flags, msg: &str) {
+    let Ok(mut fifo) = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(bundle.join("log"))
+    else {
+        return;
+    };
+    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let msg = msg.replace('\\', "\\\\").replace('"', "\\\"");
+    let _ = writeln!(
+        fifo,
+        "time=\"{time}\" level=info msg=\"{msg}\" id={} namespace={} runtime=io.containerd.wasmhybrid.v1",
+        flags.id, flags.namespace
+    );
+}
