@@ -21,8 +21,9 @@ use containerd_client::services::v1::snapshots::{
 };
 use containerd_client::services::v1::{
     ApplyRequest, Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, GetImageRequest, Info, KillRequest, ReadContentRequest, StartRequest,
-    UpdateRequest, WaitRequest,
+    DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetImageRequest, GetRequest, Info,
+    KillRequest, MetricsRequest, PauseTaskRequest, ReadContentRequest, ResumeTaskRequest,
+    StartRequest, UpdateRequest, WaitRequest,
 };
 use containerd_client::services::v1::{
     CreateRequest as LeaseCreateRequest, DeleteRequest as LeaseDeleteRequest,
@@ -107,6 +108,8 @@ pub struct RunOpts {
     /// Join this network namespace instead of getting a new one.
     pub netns: Option<PathBuf>,
     pub annotations: HashMap<String, String>,
+    /// cgroup memory limit in bytes.
+    pub memory_limit: Option<i64>,
 }
 
 impl RunOpts {
@@ -120,7 +123,13 @@ impl RunOpts {
             mounts: vec![],
             netns: None,
             annotations: HashMap::new(),
+            memory_limit: None,
         }
+    }
+
+    pub fn annotate(mut self, key: &str, value: &str) -> Self {
+        self.annotations.insert(key.to_string(), value.to_string());
+        self
     }
 
     pub fn args(mut self, args: &[&str]) -> Self {
@@ -509,11 +518,20 @@ impl Ctrd {
                 _ => n,
             })
             .collect::<Vec<_>>();
+        let mut resources = default_linux.resources().clone().unwrap_or_default();
+        if let Some(limit) = opts.memory_limit {
+            resources.set_memory(Some(
+                oci_spec::runtime::LinuxMemoryBuilder::default()
+                    .limit(limit)
+                    .swap(limit)
+                    .build()?,
+            ));
+        }
         let linux = LinuxBuilder::default()
             .namespaces(namespaces)
             .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
             .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
-            .resources(default_linux.resources().clone().unwrap_or_default())
+            .resources(resources)
             .cgroups_path(PathBuf::from(format!("/{}/{}", self.ns, opts.id)))
             .build()?;
         spec.set_linux(Some(linux));
@@ -706,6 +724,142 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
+    }
+
+    /// Points this handle at a new connection (after a containerd restart).
+    pub fn reconnect(&mut self, ctrd: &Ctrd) {
+        self.ctrd = ctrd.clone();
+    }
+
+    /// The task's status as containerd reports it (`RUNNING`, `PAUSED`...).
+    pub async fn status(&self) -> Result<String> {
+        let req = GetRequest {
+            container_id: self.id.clone(),
+            exec_id: String::new(),
+        };
+        let process = self
+            .ctrd
+            .client
+            .tasks()
+            .get(with_namespace!(req, self.ctrd.ns))
+            .await
+            .with_context(|| format!("get task {}", self.id))?
+            .into_inner()
+            .process
+            .ok_or_else(|| anyhow!("task {} has no process", self.id))?;
+        let status = containerd_client::types::v1::Status::try_from(process.status)
+            .map(|s| s.as_str_name().to_string())
+            .unwrap_or_else(|_| format!("status {}", process.status));
+        Ok(status)
+    }
+
+    pub async fn pause(&self) -> Result<()> {
+        let req = PauseTaskRequest {
+            container_id: self.id.clone(),
+        };
+        self.ctrd
+            .client
+            .tasks()
+            .pause(with_namespace!(req, self.ctrd.ns))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn resume(&self) -> Result<()> {
+        let req = ResumeTaskRequest {
+            container_id: self.id.clone(),
+        };
+        self.ctrd
+            .client
+            .tasks()
+            .resume(with_namespace!(req, self.ctrd.ns))
+            .await?;
+        Ok(())
+    }
+
+    /// The type URL of the task's metrics (cgroup statistics).
+    pub async fn metrics_type(&self) -> Result<String> {
+        let req = MetricsRequest {
+            filters: vec![format!("id=={}", self.id)],
+        };
+        let metrics = self
+            .ctrd
+            .client
+            .tasks()
+            .metrics(with_namespace!(req, self.ctrd.ns))
+            .await
+            .with_context(|| format!("metrics of {}", self.id))?
+            .into_inner()
+            .metrics;
+        let data = metrics
+            .into_iter()
+            .find_map(|m| m.data)
+            .ok_or_else(|| anyhow!("no metrics for {}", self.id))?;
+        if data.value.is_empty() {
+            bail!("empty metrics for {}", self.id);
+        }
+        Ok(data.type_url)
+    }
+
+    /// Runs `args` in the running container; returns (exit code, stdout).
+    pub async fn exec(&self, exec_id: &str, args: &[&str]) -> Result<(u32, String)> {
+        let io_dir = tempfile::Builder::new()
+            .prefix("wasmhybrid-exec-")
+            .tempdir()?;
+        let mut stdout = Fifo::create(io_dir.path().join("stdout"))?;
+        let mut stderr = Fifo::create(io_dir.path().join("stderr"))?;
+        let process = serde_json::json!({
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": [DEFAULT_PATH, "PATH=/bin"],
+            "cwd": "/",
+        });
+        let req = ExecProcessRequest {
+            container_id: self.id.clone(),
+            stdout: stdout.path.display().to_string(),
+            stderr: stderr.path.display().to_string(),
+            spec: Some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: serde_json::to_vec(&process)?,
+            }),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        let tasks = || self.ctrd.client.tasks();
+        tasks()
+            .exec(with_namespace!(req, self.ctrd.ns))
+            .await
+            .context("exec")?;
+        let start = StartRequest {
+            container_id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+        };
+        // The shim opens an exec's FIFOs at start, so keep ours open until then.
+        let started = tasks().start(with_namespace!(start, self.ctrd.ns)).await;
+        stdout.release();
+        stderr.release();
+        started.context("start exec")?;
+        let wait = WaitRequest {
+            container_id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+        };
+        let code = tasks()
+            .wait(with_namespace!(wait, self.ctrd.ns))
+            .await
+            .context("wait exec")?
+            .into_inner()
+            .exit_status;
+        let del = DeleteProcessRequest {
+            container_id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+        };
+        tasks()
+            .delete_process(with_namespace!(del, self.ctrd.ns))
+            .await
+            .context("delete exec")?;
+        let _ = stderr.finish(Duration::from_secs(5)).await;
+        Ok((code, stdout.finish(Duration::from_secs(5)).await))
     }
 
     pub async fn kill(&self, signal: u32) -> Result<()> {

@@ -24,10 +24,15 @@ pub const WASM_COMPONENT_LAYER: &str =
 pub const WASM_CONTENT_LAYER: &str = "application/vnd.wasm.content.layer.v1+wasm";
 pub const APPLICATION_WASM: &str = "application/wasm";
 
+/// Mode marking a [`Layer::Files`] entry as a symlink whose bytes are the
+/// link target.
+pub const SYMLINK: u32 = 0o120777;
+
 /// One layer of an image.
 #[derive(Debug, Clone)]
 pub enum Layer {
-    /// Files `(path in image, bytes, mode)` packed as a tar layer.
+    /// Files `(path in image, bytes, mode)` packed as a tar layer
+    /// (`mode == SYMLINK`: a symlink to `bytes`).
     Files(Vec<(String, Vec<u8>, u32)>),
     /// A raw blob with the given media type (e.g. a Wasm binary).
     Blob { media_type: String, bytes: Vec<u8> },
@@ -97,6 +102,33 @@ impl ImageSpec {
         }
     }
 
+    /// A native image holding the host's static busybox at `/bin/busybox`
+    /// with its applets linked in `/bin` (Debian: busybox-static).
+    pub fn busybox(name: &str) -> anyhow::Result<Self> {
+        let bin = std::fs::read(BUSYBOX).with_context(|| {
+            format!("read {BUSYBOX}: install it with `apt-get install busybox-static`")
+        })?;
+        let mut files = vec![("bin/busybox".to_string(), bin, 0o755)];
+        for applet in BUSYBOX_APPLETS {
+            files.push((format!("bin/{applet}"), b"busybox".to_vec(), SYMLINK));
+        }
+        files.push(("tmp/.keep".to_string(), vec![], 0o644));
+        let mut spec = Self::native(name, files, &["/bin/sh"]);
+        spec.env = vec!["PATH=/bin".to_string()];
+        Ok(spec)
+    }
+
+    pub fn with_label(mut self, key: &str, value: &str) -> Self {
+        self.labels.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn with_manifest_annotation(mut self, key: &str, value: &str) -> Self {
+        self.manifest_annotations
+            .push((key.to_string(), value.to_string()));
+        self
+    }
+
     pub fn with_cmd(mut self, cmd: &[&str]) -> Self {
         self.cmd = cmd.iter().map(|s| s.to_string()).collect();
         self
@@ -107,6 +139,12 @@ impl ImageSpec {
         self
     }
 }
+
+/// Where Debian's busybox-static installs its static binary.
+pub const BUSYBOX: &str = "/bin/busybox";
+const BUSYBOX_APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "sleep", "true", "false", "dd", "head", "ls", "env",
+];
 
 /// The OCI architecture name of this machine.
 pub fn host_arch() -> &'static str {
@@ -155,10 +193,19 @@ fn tar_layer(files: &[(String, Vec<u8>, u32)]) -> Result<Vec<u8>> {
     }
     for (path, bytes, mode) in files {
         let mut h = tar::Header::new_gnu();
-        h.set_mode(*mode);
-        h.set_size(bytes.len() as u64);
         h.set_mtime(0);
-        builder.append_data(&mut h, path.trim_start_matches('/'), bytes.as_slice())?;
+        let path = path.trim_start_matches('/');
+        if *mode == SYMLINK {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            let target = String::from_utf8_lossy(bytes).into_owned();
+            builder.append_link(&mut h, path, target)?;
+        } else {
+            h.set_mode(*mode);
+            h.set_size(bytes.len() as u64);
+            builder.append_data(&mut h, path, bytes.as_slice())?;
+        }
     }
     Ok(builder.into_inner()?)
 }

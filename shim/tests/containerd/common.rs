@@ -46,6 +46,13 @@ impl TestEnv {
         Self { daemon, ns, ctrd }
     }
 
+    /// Reconnects after [`PrivateContainerd::restart`].
+    pub async fn reconnect(&mut self) {
+        self.ctrd = Ctrd::connect(&self.daemon.address(), &self.ns)
+            .await
+            .expect("reconnect to containerd");
+    }
+
     pub fn import(&self, spec: &ImageSpec) {
         import_image(&self.daemon, &self.ns, spec)
             .unwrap_or_else(|e| panic!("import {}: {e:#}", spec.name));

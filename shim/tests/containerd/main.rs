@@ -9,6 +9,7 @@
 mod commands;
 mod common;
 mod ctr_cli;
+mod delegation;
 mod errors;
 mod http;
 mod lifecycle;

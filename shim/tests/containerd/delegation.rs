@@ -1,0 +1,406 @@
+//! Native and heavy-I/O images run under runc through wasmhybrid, and
+//! behave exactly as under containerd's plain runc runtime, checked side by
+//! side in the same test run.
+
+use std::time::Duration;
+
+use wasmhybrid_harness::client::{RUNC_RUNTIME, RunOpts, TaskCreateError, WASMHYBRID_RUNTIME};
+use wasmhybrid_harness::fixtures::Fixture;
+use wasmhybrid_harness::image::ImageSpec;
+
+use crate::common::{P1_ROOTFS, TestEnv, bytes};
+
+const BUSYBOX: &str = "localhost/wh/busybox:latest";
+const RUNTIMES: [&str; 2] = [RUNC_RUNTIME, WASMHYBRID_RUNTIME];
+const TAG_KEY: &str = "wasmhybrid.io/workload";
+const TAG_VALUE: &str = "heavy-io";
+
+fn busybox(env: &TestEnv) {
+    env.import(&ImageSpec::busybox(BUSYBOX).expect("busybox image"));
+}
+
+fn sh(env: &TestEnv, id: &str, runtime: &str, script: &str) -> RunOpts {
+    let _ = env;
+    RunOpts::new(id, BUSYBOX, runtime).args(&["/bin/sh", "-c", script])
+}
+
+/// Asserts the containerd log says container `id` was routed to runc.
+fn assert_routed_to_runc(env: &TestEnv, id: &str, reason: &str) {
+    let log = env.daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("dispatch: runc") && l.contains(&format!("id={id} ")))
+        .unwrap_or_else(|| panic!("no dispatch line for {id} in:\n{log}"));
+    assert!(line.contains(reason), "{id}: {line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_exit_codes_and_rootfs_writes_match_plain_runc() {
+    let env = TestEnv::new("deleg-basic").await;
+    busybox(&env);
+    let script = "echo out; echo err >&2; echo written > /tmp/f; cat /tmp/f; exit 7";
+    let mut results = Vec::new();
+    for (i, runtime) in RUNTIMES.into_iter().enumerate() {
+        let id = format!("basic-{i}");
+        let done = env
+            .ctrd
+            .run(&sh(&env, &id, runtime, script))
+            .await
+            .expect("run");
+        results.push((done.exit_code, done.stdout, done.stderr));
+        assert!(
+            env.leftovers(&id).is_empty(),
+            "{runtime}: {:?}",
+            env.leftovers(&id)
+        );
+    }
+    assert_eq!(
+        results[0],
+        (7, "out\nwritten\n".to_string(), "err\n".to_string())
+    );
+    assert_eq!(results[0], results[1], "wasmhybrid differs from runc");
+    assert_routed_to_runc(
+        &env,
+        "basic-1",
+        "native image localhost/wh/busybox:latest (linux/",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_exec_pause_resume_and_metrics_match_plain_runc() {
+    let env = TestEnv::new("deleg-ops").await;
+    busybox(&env);
+    let script = "trap 'exit 143' TERM; echo ready; sleep 3600 & wait";
+    let mut observed = Vec::new();
+    for (i, runtime) in RUNTIMES.into_iter().enumerate() {
+        let id = format!("ops-{i}");
+        let mut running = env
+            .ctrd
+            .start(&sh(&env, &id, runtime, script))
+            .await
+            .expect("start");
+        running
+            .wait_for_stdout("ready", Duration::from_secs(20))
+            .await
+            .expect("ready");
+
+        let exec = running
+            .exec("e1", &["/bin/sh", "-c", "echo exec-ok; exit 3"])
+            .await
+            .expect("exec");
+        running.pause().await.expect("pause");
+        let paused = running.status().await.expect("status");
+        running.resume().await.expect("resume");
+        let resumed = running.status().await.expect("status");
+        let metrics = running.metrics_type().await.expect("metrics");
+        running.kill(15).await.expect("kill");
+        let code = tokio::time::timeout(Duration::from_secs(10), running.wait())
+            .await
+            .expect("stops")
+            .expect("wait");
+        running.delete().await.expect("delete");
+        assert!(
+            env.leftovers(&id).is_empty(),
+            "{runtime}: {:?}",
+            env.leftovers(&id)
+        );
+        observed.push((exec, paused, resumed, metrics, code));
+
+        // SIGKILL on a container that ignores SIGTERM (PID 1 without handler).
+        let id = format!("ops-kill-{i}");
+        let mut running = env
+            .ctrd
+            .start(&sh(&env, &id, runtime, "echo ready; exec sleep 3600"))
+            .await
+            .expect("start");
+        running
+            .wait_for_stdout("ready", Duration::from_secs(20))
+            .await
+            .expect("ready");
+        running.kill(9).await.expect("kill");
+        let code = tokio::time::timeout(Duration::from_secs(10), running.wait())
+            .await
+            .expect("stops")
+            .expect("wait");
+        running.delete().await.expect("delete");
+        assert_eq!(code, 137, "{runtime}");
+    }
+    assert_eq!(observed[0].0, (3, "exec-ok\n".to_string()));
+    assert_eq!(
+        (observed[0].1.as_str(), observed[0].2.as_str()),
+        ("PAUSED", "RUNNING")
+    );
+    assert_eq!(observed[0].4, 143);
+    assert_eq!(observed[0], observed[1], "wasmhybrid differs from runc");
+    assert_routed_to_runc(&env, "ops-1", "native image");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_gives_the_same_oom_outcome() {
+    let env = TestEnv::new("deleg-oom").await;
+    busybox(&env);
+    // Grows a shell variable until the 32 MiB limit kills it.
+    let script = "x=0123456789abcdef; while :; do x=\"$x$x\"; done";
+    let mut codes = Vec::new();
+    for (i, runtime) in RUNTIMES.into_iter().enumerate() {
+        let mut opts = sh(&env, &format!("oom-{i}"), runtime, script);
+        opts.memory_limit = Some(32 << 20);
+        let done = env.ctrd.run(&opts).await.expect("run");
+        codes.push(done.exit_code);
+    }
+    assert_eq!(codes[0], 137, "runc: the OOM killer ends it with SIGKILL");
+    assert_eq!(codes[0], codes[1], "wasmhybrid differs from runc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegated_container_survives_a_containerd_restart() {
+    let mut env = TestEnv::new("deleg-restart").await;
+    busybox(&env);
+    let mut running = env
+        .ctrd
+        .start(&sh(
+            &env,
+            "survivor",
+            WASMHYBRID_RUNTIME,
+            "echo ready; exec sleep 3600",
+        ))
+        .await
+        .expect("start");
+    running
+        .wait_for_stdout("ready", Duration::from_secs(20))
+        .await
+        .expect("ready");
+
+    env.daemon.restart().expect("restart containerd");
+    env.reconnect().await;
+    running.reconnect(&env.ctrd);
+    assert_eq!(
+        running.status().await.expect("status after restart"),
+        "RUNNING"
+    );
+    let (code, out) = running
+        .exec("after", &["/bin/echo", "still here"])
+        .await
+        .expect("exec");
+    assert_eq!((code, out.as_str()), (0, "still here\n"));
+    running.kill(9).await.expect("kill");
+    assert_eq!(running.wait().await.expect("wait"), 137);
+    running.delete().await.expect("delete");
+    assert!(
+        env.leftovers("survivor").is_empty(),
+        "{:?}",
+        env.leftovers("survivor")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_io_tag_from_each_source_routes_to_runc() {
+    let env = TestEnv::new("deleg-tag").await;
+    env.import(
+        &ImageSpec::busybox("localhost/wh/busybox:label")
+            .expect("image")
+            .with_label(TAG_KEY, TAG_VALUE),
+    );
+    env.import(
+        &ImageSpec::busybox("localhost/wh/busybox:annot")
+            .expect("image")
+            .with_manifest_annotation(TAG_KEY, TAG_VALUE),
+    );
+    busybox(&env);
+    let cases = [
+        (
+            "tag-label",
+            "localhost/wh/busybox:label",
+            false,
+            "(image config label)",
+        ),
+        (
+            "tag-manifest",
+            "localhost/wh/busybox:annot",
+            false,
+            "(image manifest annotation)",
+        ),
+        (
+            "tag-annotation",
+            BUSYBOX,
+            true,
+            "(container/pod annotation)",
+        ),
+    ];
+    for (id, image, annotate, reason) in cases {
+        let mut opts = RunOpts::new(id, image, WASMHYBRID_RUNTIME).args(&["/bin/echo", "native"]);
+        if annotate {
+            opts = opts.annotate(TAG_KEY, TAG_VALUE);
+        }
+        let done = env.ctrd.run(&opts).await.expect("run");
+        assert_eq!(
+            (done.exit_code, done.stdout.as_str()),
+            (0, "native\n"),
+            "{id}"
+        );
+        assert_routed_to_runc(
+            &env,
+            id,
+            &format!("tagged wasmhybrid.io/workload=heavy-io {reason}"),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_wasm_image_and_bad_tag_values_are_clear_errors() {
+    let env = TestEnv::new("deleg-tagerr").await;
+    env.import(
+        &ImageSpec::rootfs(
+            "localhost/wh/wasm:tagged",
+            "wh-cmd.wasm",
+            bytes(Fixture::CmdP1),
+        )
+        .with_label(TAG_KEY, TAG_VALUE),
+    );
+    env.import_cmd_images();
+    let cases = [
+        (
+            RunOpts::new(
+                "tagged-wasm",
+                "localhost/wh/wasm:tagged",
+                WASMHYBRID_RUNTIME,
+            ),
+            "runc has nothing to run",
+        ),
+        (
+            RunOpts::new("typo", P1_ROOTFS, WASMHYBRID_RUNTIME).annotate(TAG_KEY, "heavy_io"),
+            "the only accepted value is \"heavy-io\"",
+        ),
+    ];
+    for (opts, message) in cases {
+        let err = env.ctrd.run(&opts).await.expect_err("must be refused");
+        let refused = err
+            .downcast_ref::<TaskCreateError>()
+            .unwrap_or_else(|| panic!("{}: {err:#}", opts.id));
+        assert!(refused.0.contains(message), "{}: {}", opts.id, refused.0);
+        assert!(
+            env.leftovers(&opts.id).is_empty(),
+            "{:?}",
+            env.leftovers(&opts.id)
+        );
+    }
+    // The shim and containerd carry on.
+    let done = env
+        .ctrd
+        .run(&RunOpts::new("next", P1_ROOTFS, WASMHYBRID_RUNTIME))
+        .await
+        .expect("run");
+    assert_eq!(done.stdout, "hello from wasm\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_pod_wasm_and_runc_containers_never_share_a_shim() {
+    let env = TestEnv::new("deleg-pod").await;
+    busybox(&env);
+    env.import_cmd_images();
+    const POD: &str = "pod-abc";
+    let in_pod = |opts: RunOpts, kind: &str| {
+        opts.annotate("io.kubernetes.cri.sandbox-id", POD)
+            .annotate("io.kubernetes.cri.container-type", kind)
+    };
+    // The pod sandbox (a pause stand-in) runs under runc.
+    let sandbox = in_pod(
+        sh(&env, POD, WASMHYBRID_RUNTIME, "echo ready; exec sleep 3600"),
+        "sandbox",
+    );
+    let mut pause = env.ctrd.start(&sandbox).await.expect("sandbox");
+    pause
+        .wait_for_stdout("ready", Duration::from_secs(20))
+        .await
+        .expect("ready");
+    assert_routed_to_runc(&env, POD, "pod sandbox container");
+
+    let mut sidecar = env
+        .ctrd
+        .start(&in_pod(
+            sh(
+                &env,
+                "sidecar",
+                WASMHYBRID_RUNTIME,
+                "echo ready; exec sleep 3600",
+            ),
+            "container",
+        ))
+        .await
+        .expect("sidecar");
+    sidecar
+        .wait_for_stdout("ready", Duration::from_secs(20))
+        .await
+        .expect("ready");
+
+    let mut app = env
+        .ctrd
+        .start(&in_pod(
+            RunOpts::new("wasm-app", P1_ROOTFS, WASMHYBRID_RUNTIME).args(&[
+                "/wh-cmd.wasm",
+                "sleep",
+                "3600",
+            ]),
+            "container",
+        ))
+        .await
+        .expect("wasm app");
+    app.wait_for_stdout("sleeping", Duration::from_secs(20))
+        .await
+        .expect("wasm app runs in Wasmtime");
+    let one_shot = env
+        .ctrd
+        .run(&in_pod(
+            RunOpts::new("wasm-job", P1_ROOTFS, WASMHYBRID_RUNTIME)
+                .args(&["/wh-cmd.wasm", "hello"]),
+            "container",
+        ))
+        .await
+        .expect("wasm job");
+    assert_eq!(one_shot.stdout, "hello from wasm\n");
+
+    // One runc shim for the pod's native containers, and wasmhybrid's own
+    // shim for its Wasm containers: two daemons, two sockets.
+    let cmdlines: Vec<String> = env
+        .daemon
+        .shim_pids()
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ")
+        })
+        .collect();
+    let runc_shims = cmdlines
+        .iter()
+        .filter(|c| c.contains("containerd-shim-runc-v2"))
+        .count();
+    let wasm_shims = cmdlines
+        .iter()
+        .filter(|c| c.contains("containerd-shim-wasmhybrid-v1"))
+        .count();
+    assert_eq!(runc_shims, 1, "{cmdlines:#?}");
+    assert!(wasm_shims >= 1, "{cmdlines:#?}");
+
+    for (c, sig, code) in [
+        (&mut app, 15, 143),
+        (&mut sidecar, 9, 137),
+        (&mut pause, 9, 137),
+    ] {
+        c.kill(sig).await.expect("kill");
+        assert_eq!(c.wait().await.expect("wait"), code);
+    }
+    for (c, id) in [(app, "wasm-app"), (sidecar, "sidecar"), (pause, POD)] {
+        c.delete().await.expect("delete");
+        assert!(
+            env.leftovers(id).is_empty(),
+            "{id}: {:?}",
+            env.leftovers(id)
+        );
+    }
+    assert!(
+        env.daemon.shim_pids().is_empty(),
+        "shims left: {:?}",
+        env.daemon.shim_pids()
+    );
+}
