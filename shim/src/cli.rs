@@ -46,6 +46,18 @@ pub fn main() {
                 PathBuf::from(&flags.bundle)
             };
             if runc::is_delegated(&bundle) {
+                if runc::already_cleaned(&bundle, &flags.namespace, &flags.id) {
+                    use containerd_shim::protos::protobuf::Message;
+                    let resp = runc::cleaned_response(&bundle);
+                    let mut out = std::io::stdout().lock();
+                    let written = resp.write_to_writer(&mut out).is_ok() && out.flush().is_ok();
+                    std::process::exit(if written { 0 } else { 1 });
+                }
+                log_to_containerd(
+                    &bundle,
+                    &flags,
+                    "delete: runc state remains, handing cleanup to containerd-shim-runc-v2",
+                );
                 let err = runc::exec_shim(&args[1..]);
                 eprintln!("wasmhybrid: {err}");
                 std::process::exit(1);

@@ -2,7 +2,10 @@
 //! platform, config labels and manifest annotations, for [`crate::dispatch`].
 //!
 //! One short-lived gRPC connection on containerd's socket; every call is in
-//! this module.
+//! this module. What is read from the content store (index, manifest,
+//! config) is addressed by digest and so never changes: it is cached per
+//! image target digest in [`CACHE_DIR`] (root-only tmpfs), so that a start
+//! costs two calls (`Containers.Get`, `Images.Get`) once an image was seen.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,7 +13,7 @@ use std::path::Path;
 use containerd_client::Client;
 use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, ReadContentRequest};
 use containerd_client::tonic::Request;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dispatch::{ImageMeta, WASM_ARCH};
 
@@ -78,6 +81,71 @@ struct Config {
 struct ConfigInner {
     #[serde(rename = "Labels", default)]
     labels: Option<HashMap<String, String>>,
+}
+
+/// Where [`lookup`] caches image metadata, keyed by target digest.
+pub const CACHE_DIR: &str = "/run/containerd/wasmhybrid/image-meta";
+
+/// The cached, digest-addressed part of [`ImageMeta`].
+#[derive(Serialize, Deserialize)]
+struct Cached {
+    os: String,
+    architecture: String,
+    config_labels: HashMap<String, String>,
+    manifest_annotations: HashMap<String, String>,
+}
+
+fn cache_path(digest: &str) -> Option<std::path::PathBuf> {
+    // Only well-formed digests name files: nothing from containerd can
+    // point outside the cache directory.
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| Path::new(CACHE_DIR).join(hex))
+}
+
+fn cache_get(digest: &str, name: &str) -> Option<ImageMeta> {
+    let bytes = std::fs::read(cache_path(digest)?).ok()?;
+    let c: Cached = serde_json::from_slice(&bytes).ok()?;
+    Some(ImageMeta {
+        name: name.to_string(),
+        os: c.os,
+        architecture: c.architecture,
+        config_labels: c.config_labels,
+        manifest_annotations: c.manifest_annotations,
+    })
+}
+
+/// Best effort: a failed write only costs the next start a few reads.
+fn cache_put(digest: &str, meta: &ImageMeta) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let Some(path) = cache_path(digest) else {
+        return;
+    };
+    let c = Cached {
+        os: meta.os.clone(),
+        architecture: meta.architecture.clone(),
+        config_labels: meta.config_labels.clone(),
+        manifest_annotations: meta.manifest_annotations.clone(),
+    };
+    let Ok(json) = serde_json::to_vec(&c) else {
+        return;
+    };
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(CACHE_DIR);
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &json));
+    if written.is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    } else {
+        let _ = std::fs::remove_file(&tmp);
+    }
 }
 
 /// The OCI name of this machine's architecture.
@@ -158,6 +226,9 @@ async fn lookup_async(
     let Some(target) = image.and_then(|i| i.target) else {
         return Ok(None);
     };
+    if let Some(meta) = cache_get(&target.digest, &image_name) {
+        return Ok(Some(meta));
+    }
 
     let read = |digest: String| {
         let client = &client;
@@ -225,11 +296,25 @@ async fn lookup_async(
     let config_bytes = read(manifest.config.digest.clone()).await?;
     let config: Config = serde_json::from_slice(&config_bytes)
         .map_err(|_| parse("image config", &manifest.config.digest, &config_bytes))?;
-    Ok(Some(ImageMeta {
+    let meta = ImageMeta {
         name: image_name,
         os: config.os,
         architecture: config.architecture,
         config_labels: config.config.and_then(|c| c.labels).unwrap_or_default(),
         manifest_annotations: manifest.annotations,
-    }))
+    };
+    cache_put(&target.digest, &meta);
+    Ok(Some(meta))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_well_formed_digests_name_cache_files() {
+        let hex = "a".repeat(64);
+        assert!(super::cache_path(&format!("sha256:{hex}")).is_some());
+        assert!(super::cache_path("sha256:../../etc/passwd").is_none());
+        assert!(super::cache_path(&format!("sha512:{hex}")).is_none());
+        assert!(super::cache_path("sha256:abc").is_none());
+    }
 }

@@ -12,8 +12,15 @@
 //! events, delete, and reconnecting after a containerd restart. There is no
 //! proxy and no extra hop, so fidelity is runc's own. The decision is
 //! recorded in the bundle ([`DECISION_FILE`]) so that the `delete` action
-//! (which containerd runs to clean up after a dead shim) goes to the same
-//! shim.
+//! goes to the same shim.
+//!
+//! containerd 1.6 runs the runtime binary's `delete` action after every
+//! task deletion, not only after a dead shim. When runc's state for the
+//! container is already gone and its rootfs is unmounted, runc's shim would
+//! find nothing to do and print "exited 137"; [`already_cleaned`] detects
+//! that and [`cleaned_response`] answers the same without starting a Go
+//! process and `runc delete`. Anything left (a dead shim's container) goes
+//! to runc's shim.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -93,5 +100,105 @@ pub fn exec_shim(args: &[OsString]) -> RuncError {
     match nix::unistd::execv(&cstr(shim.as_os_str().as_bytes()), &argv) {
         Err(source) => RuncError::Exec { shim, source },
         Ok(never) => match never {},
+    }
+}
+
+/// runc's state root used by `containerd-shim-runc-v2` unless the runtime
+/// options set another.
+pub const DEFAULT_RUNC_ROOT: &str = "/run/containerd/runc";
+
+/// runc's state root for this bundle: the `root` runtime option recorded in
+/// `options.json`, or [`DEFAULT_RUNC_ROOT`].
+fn runc_root(bundle: &Path) -> PathBuf {
+    std::fs::read(bundle.join("options.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            ["root", "Root"]
+                .iter()
+                .find_map(|k| v.get(k).and_then(|r| r.as_str()).map(PathBuf::from))
+        })
+        .filter(|r| !r.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNC_ROOT))
+}
+
+/// Whether a delegated container is already fully cleaned up: no runc
+/// state for it and nothing mounted on the bundle's rootfs.
+pub fn already_cleaned(bundle: &Path, namespace: &str, id: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let state = runc_root(bundle).join(namespace).join(id);
+    if state.exists() {
+        return false;
+    }
+    match (
+        std::fs::metadata(bundle),
+        std::fs::symlink_metadata(bundle.join("rootfs")),
+    ) {
+        (Ok(b), Ok(r)) => b.dev() == r.dev(),
+        (Ok(_), Err(e)) => e.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
+/// What `containerd-shim-runc-v2 delete` answers for a cleaned-up
+/// container: exit status 137, exited now, and the init pid if recorded.
+pub fn cleaned_response(bundle: &Path) -> containerd_shim::DeleteResponse {
+    use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+    let pid = std::fs::read_to_string(bundle.join("init.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut exited_at = Timestamp::new();
+    exited_at.seconds = now.as_secs() as i64;
+    exited_at.nanos = now.subsec_nanos() as i32;
+    let mut resp = containerd_shim::DeleteResponse::new();
+    resp.pid = pid;
+    resp.exit_status = 128 + libc::SIGKILL as u32;
+    resp.exited_at = Some(exited_at).into();
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_without_runc_state_or_mount_is_cleaned() {
+        let bundle = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(bundle.path().join("rootfs")).expect("rootfs");
+        std::fs::write(
+            bundle.path().join("options.json"),
+            r#"{"root":"/nonexistent-runc-root"}"#,
+        )
+        .expect("options");
+        assert!(already_cleaned(bundle.path(), "ns", "id"));
+        std::fs::write(bundle.path().join("init.pid"), "4242").expect("pid");
+        let resp = cleaned_response(bundle.path());
+        assert_eq!((resp.pid, resp.exit_status), (4242, 137));
+    }
+
+    #[test]
+    fn remaining_runc_state_is_not_cleaned() {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("ns/id")).expect("state");
+        let bundle = tempfile::tempdir().expect("tempdir");
+        let opts = serde_json::json!({"root": root.path()});
+        std::fs::write(bundle.path().join("options.json"), opts.to_string()).expect("options");
+        assert!(!already_cleaned(bundle.path(), "ns", "id"));
+    }
+
+    #[test]
+    fn decision_round_trips_through_the_bundle() {
+        let bundle = tempfile::tempdir().expect("tempdir");
+        assert!(!is_delegated(bundle.path()));
+        let route = Route {
+            runtime: Runtime::Runc,
+            reason: "native image".into(),
+        };
+        record(bundle.path(), &route).expect("record");
+        assert!(is_delegated(bundle.path()));
     }
 }

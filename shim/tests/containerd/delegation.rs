@@ -404,3 +404,58 @@ async fn mixed_pod_wasm_and_runc_containers_never_share_a_shim() {
         env.daemon.shim_pids()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runc_shim_is_cleaned_up_as_under_plain_runc() {
+    let env = TestEnv::new("deleg-deadshim").await;
+    busybox(&env);
+    let mut outcomes = Vec::new();
+    for (i, runtime) in RUNTIMES.into_iter().enumerate() {
+        let id = format!("dead-{i}");
+        let mut running = env
+            .ctrd
+            .start(&sh(&env, &id, runtime, "echo ready; exec sleep 3600"))
+            .await
+            .expect("start");
+        running
+            .wait_for_stdout("ready", Duration::from_secs(20))
+            .await
+            .expect("ready");
+        let shim = env
+            .daemon
+            .shim_pids()
+            .into_iter()
+            .find(|p| {
+                let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                cmd.contains("containerd-shim-runc-v2") && cmd.contains(&format!("\0{id}\0"))
+            })
+            .expect("the container's runc shim");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(shim),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill shim");
+        // containerd notices the dead shim, runs the runtime's `delete` to
+        // clean up, and reports the task as exited.
+        let code = tokio::time::timeout(Duration::from_secs(20), running.wait())
+            .await
+            .expect("task ends")
+            .unwrap_or(u32::MAX);
+        env.ctrd.cleanup(&id).await;
+        let left = env.leftovers(&id);
+        outcomes.push((code, left));
+    }
+    assert!(
+        outcomes[0].1.is_empty(),
+        "runc: left behind {:?}",
+        outcomes[0].1
+    );
+    let log = env.daemon.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("handing cleanup to containerd-shim-runc-v2")
+                && l.contains("id=dead-1 ")),
+        "the dead shim's cleanup did not go to runc's shim:\n{log}"
+    );
+    assert_eq!(outcomes[0], outcomes[1], "wasmhybrid differs from runc");
+}

@@ -1,0 +1,13 @@
+//! Links the shim binary as a non-PIE executable.
+//!
+//! containerd runs the shim binary for every container start (the `start`
+//! action, then the daemon), so its exec cost is on the hot path. As a PIE,
+//! the loader must write ~85,000 relative relocations into `.data.rel.ro`
+//! and `.got` at each exec, about 330 copy-on-write page faults: measured
+//! 4.5 ms vs 3.1 ms per `start` on a 2-core VM. Debian's `containerd`,
+//! `containerd-shim-runc-v2` and `runc` are non-PIE executables too; shared
+//! libraries, stack, heap and every `mmap` (including Wasmtime's code
+//! memory) stay randomized.
+fn main() {
+    println!("cargo:rustc-link-arg-bins=-no-pie");
+}
