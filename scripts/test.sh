@@ -13,7 +13,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
-cargo test --workspace --all-targets 2>&1 | tee target/test-output.txt
+# Unit and integration tests; not the benchmarks (benches/run.sh runs those).
+cargo test --workspace --lib --bins --tests 2>&1 | tee target/test-output.txt
 # One closing line for the whole run; a run that executed nothing fails.
 awk '/^test result:/ { p += $4; f += $6 } END {
   printf "%d passed, %d failed\n", p, f

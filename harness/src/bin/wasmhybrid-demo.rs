@@ -75,6 +75,7 @@ async fn main() -> Result<()> {
             WASM_COMPONENT_LAYER,
             Fixture::Http.bytes()?,
         ),
+        ImageSpec::busybox("localhost/wasmhybrid/demo-native:latest")?,
     ];
     for image in &images {
         import_image_at(&address, workdir.path(), &ns, image)?;
@@ -125,6 +126,23 @@ async fn main() -> Result<()> {
             );
         }
     }
+
+    // A native image through the same runtime: handed to runc.
+    let opts = RunOpts::new(
+        &format!("demo-native-{suffix}"),
+        "localhost/wasmhybrid/demo-native:latest",
+        WASMHYBRID_RUNTIME,
+    )
+    .args(&[
+        "/bin/sh",
+        "-c",
+        "echo hello from busybox under runc; uname -s",
+    ]);
+    let done = ctrd.run(&opts).await.context("run the native image")?;
+    println!("== native busybox image through io.containerd.wasmhybrid.v1 (delegated to runc)");
+    println!("   stdout: {}", done.stdout.trim().replace('\n', " | "));
+    println!("   exit code: {}", done.exit_code);
+    println!("   start-to-exit: {:.1} ms", ms(done.phases.total()));
 
     // The HTTP service, in a pod-like network namespace (loopback up, as
     // CNI makes it): time to the first answer, then stop it with SIGTERM.
