@@ -83,8 +83,10 @@ struct ConfigInner {
     labels: Option<HashMap<String, String>>,
 }
 
-/// Where [`lookup`] caches image metadata, keyed by target digest.
-pub const CACHE_DIR: &str = "/run/containerd/wasmhybrid/image-meta";
+/// Where [`lookup`] caches image metadata, keyed by target digest (beside,
+/// not inside, `/run/containerd/wasmhybrid`, whose subdirectories are
+/// containerd namespaces).
+pub const CACHE_DIR: &str = "/run/containerd/wasmhybrid-image-meta";
 
 /// The cached, digest-addressed part of [`ImageMeta`].
 #[derive(Serialize, Deserialize)]
