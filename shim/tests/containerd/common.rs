@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use wasmhybrid_harness::client::{Ctrd, RunOpts, WASMHYBRID_RUNTIME};
+use wasmhybrid_harness::client::{Ctrd, RunOpts, Running, WASMHYBRID_RUNTIME};
 use wasmhybrid_harness::daemon::{DaemonOptions, PrivateContainerd};
 use wasmhybrid_harness::fixtures::{Fixture, import_image};
 use wasmhybrid_harness::image::ImageSpec;
@@ -72,6 +72,20 @@ impl TestEnv {
         ));
     }
 
+    /// Starts a container and waits (bounded) until its stdout shows `needle`.
+    pub async fn start_ready(&self, opts: &RunOpts, needle: &str) -> Running {
+        let running = self
+            .ctrd
+            .start(opts)
+            .await
+            .unwrap_or_else(|e| panic!("start {}: {e:#}", opts.id));
+        running
+            .wait_for_stdout(needle, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        running
+    }
+
     pub fn opts(&self, id: &str, image: &str, args: &[&str]) -> RunOpts {
         RunOpts::new(id, image, WASMHYBRID_RUNTIME).args(args)
     }
@@ -128,4 +142,13 @@ impl TestEnv {
 
 pub fn bytes(f: Fixture) -> Vec<u8> {
     f.bytes().unwrap_or_else(|e| panic!("fixture {f:?}: {e:#}"))
+}
+
+/// Sends `signal` and waits (bounded) for the exit status.
+pub async fn stop(running: &mut Running, signal: u32) -> u32 {
+    running.kill(signal).await.expect("kill");
+    tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{} did not stop after signal {signal}", running.id))
+        .expect("wait")
 }

@@ -17,6 +17,15 @@ fn ctr(env: &TestEnv, args: &[&str]) -> Output {
     env.daemon.ctr(&env.ns, args).expect("run ctr")
 }
 
+/// `ctr run [flags] --runtime wasmhybrid --platform wasi/wasm IMAGE id args`.
+fn ctr_run(env: &TestEnv, flags: &[&str], id: &str, args: &[&str]) -> Output {
+    let mut all = vec!["run"];
+    all.extend_from_slice(flags);
+    all.extend_from_slice(&["--runtime", RUNTIME, "--platform", "wasi/wasm", IMAGE, id]);
+    all.extend_from_slice(args);
+    ctr(env, &all)
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -46,63 +55,19 @@ async fn ctr_run_kill_and_delete() {
     );
     assert!(o.status.success(), "import: {}", text(&o));
 
-    let o = ctr(
+    let o = ctr_run(
         &env,
-        &[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--platform",
-            "wasi/wasm",
-            "--env",
-            "X=1",
-            IMAGE,
-            "c1",
-            "/wh-cmd.wasm",
-            "hello",
-            "--",
-            "env",
-            "X",
-        ],
+        &["--rm", "--env", "X=1"],
+        "c1",
+        &["/wh-cmd.wasm", "hello", "--", "env", "X"],
     );
     assert!(o.status.success(), "ctr run: {}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "hello from wasm\nX=1\n");
 
-    let o = ctr(
-        &env,
-        &[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--platform",
-            "wasi/wasm",
-            IMAGE,
-            "c2",
-            "/wh-cmd.wasm",
-            "exit",
-            "42",
-        ],
-    );
+    let o = ctr_run(&env, &["--rm"], "c2", &["/wh-cmd.wasm", "exit", "42"]);
     assert_eq!(o.status.code(), Some(42), "ctr run exit code: {}", text(&o));
 
-    let o = ctr(
-        &env,
-        &[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            "--platform",
-            "wasi/wasm",
-            IMAGE,
-            "c3",
-            "/wh-cmd.wasm",
-            "sleep",
-            "3600",
-        ],
-    );
+    let o = ctr_run(&env, &["-d"], "c3", &["/wh-cmd.wasm", "sleep", "3600"]);
     assert!(o.status.success(), "ctr run -d: {}", text(&o));
     let o = ctr(&env, &["task", "ls"]);
     assert!(text(&o).contains("RUNNING"), "{}", text(&o));

@@ -8,7 +8,7 @@ use wasmhybrid_harness::client::{RUNC_RUNTIME, RunOpts, TaskCreateError, WASMHYB
 use wasmhybrid_harness::fixtures::Fixture;
 use wasmhybrid_harness::image::ImageSpec;
 
-use crate::common::{P1_ROOTFS, TestEnv, bytes};
+use crate::common::{P1_ROOTFS, TestEnv, bytes, stop};
 
 const BUSYBOX: &str = "localhost/wh/busybox:latest";
 const RUNTIMES: [&str; 2] = [RUNC_RUNTIME, WASMHYBRID_RUNTIME];
@@ -75,14 +75,8 @@ async fn kill_exec_pause_resume_and_metrics_match_plain_runc() {
     for (i, runtime) in RUNTIMES.into_iter().enumerate() {
         let id = format!("ops-{i}");
         let mut running = env
-            .ctrd
-            .start(&sh(&env, &id, runtime, script))
-            .await
-            .expect("start");
-        running
-            .wait_for_stdout("ready", Duration::from_secs(20))
-            .await
-            .expect("ready");
+            .start_ready(&sh(&env, &id, runtime, script), "ready")
+            .await;
 
         let exec = running
             .exec("e1", &["/bin/sh", "-c", "echo exec-ok; exit 3"])
@@ -93,11 +87,7 @@ async fn kill_exec_pause_resume_and_metrics_match_plain_runc() {
         running.resume().await.expect("resume");
         let resumed = running.status().await.expect("status");
         let metrics = running.metrics_type().await.expect("metrics");
-        running.kill(15).await.expect("kill");
-        let code = tokio::time::timeout(Duration::from_secs(10), running.wait())
-            .await
-            .expect("stops")
-            .expect("wait");
+        let code = stop(&mut running, 15).await;
         running.delete().await.expect("delete");
         assert!(
             env.leftovers(&id).is_empty(),
@@ -109,19 +99,12 @@ async fn kill_exec_pause_resume_and_metrics_match_plain_runc() {
         // SIGKILL on a container that ignores SIGTERM (PID 1 without handler).
         let id = format!("ops-kill-{i}");
         let mut running = env
-            .ctrd
-            .start(&sh(&env, &id, runtime, "echo ready; exec sleep 3600"))
-            .await
-            .expect("start");
-        running
-            .wait_for_stdout("ready", Duration::from_secs(20))
-            .await
-            .expect("ready");
-        running.kill(9).await.expect("kill");
-        let code = tokio::time::timeout(Duration::from_secs(10), running.wait())
-            .await
-            .expect("stops")
-            .expect("wait");
+            .start_ready(
+                &sh(&env, &id, runtime, "echo ready; exec sleep 3600"),
+                "ready",
+            )
+            .await;
+        let code = stop(&mut running, 9).await;
         running.delete().await.expect("delete");
         assert_eq!(code, 137, "{runtime}");
     }
@@ -157,19 +140,16 @@ async fn delegated_container_survives_a_containerd_restart() {
     let mut env = TestEnv::new("deleg-restart").await;
     busybox(&env);
     let mut running = env
-        .ctrd
-        .start(&sh(
-            &env,
-            "survivor",
-            WASMHYBRID_RUNTIME,
-            "echo ready; exec sleep 3600",
-        ))
-        .await
-        .expect("start");
-    running
-        .wait_for_stdout("ready", Duration::from_secs(20))
-        .await
-        .expect("ready");
+        .start_ready(
+            &sh(
+                &env,
+                "survivor",
+                WASMHYBRID_RUNTIME,
+                "echo ready; exec sleep 3600",
+            ),
+            "ready",
+        )
+        .await;
 
     env.daemon.restart().expect("restart containerd");
     env.reconnect().await;
@@ -308,46 +288,37 @@ async fn mixed_pod_wasm_and_runc_containers_never_share_a_shim() {
         sh(&env, POD, WASMHYBRID_RUNTIME, "echo ready; exec sleep 3600"),
         "sandbox",
     );
-    let mut pause = env.ctrd.start(&sandbox).await.expect("sandbox");
-    pause
-        .wait_for_stdout("ready", Duration::from_secs(20))
-        .await
-        .expect("ready");
+    let mut pause = env.start_ready(&sandbox, "ready").await;
     assert_routed_to_runc(&env, POD, "pod sandbox container");
 
     let mut sidecar = env
-        .ctrd
-        .start(&in_pod(
-            sh(
-                &env,
-                "sidecar",
-                WASMHYBRID_RUNTIME,
-                "echo ready; exec sleep 3600",
+        .start_ready(
+            &in_pod(
+                sh(
+                    &env,
+                    "sidecar",
+                    WASMHYBRID_RUNTIME,
+                    "echo ready; exec sleep 3600",
+                ),
+                "container",
             ),
-            "container",
-        ))
-        .await
-        .expect("sidecar");
-    sidecar
-        .wait_for_stdout("ready", Duration::from_secs(20))
-        .await
-        .expect("ready");
+            "ready",
+        )
+        .await;
 
     let mut app = env
-        .ctrd
-        .start(&in_pod(
-            RunOpts::new("wasm-app", P1_ROOTFS, WASMHYBRID_RUNTIME).args(&[
-                "/wh-cmd.wasm",
-                "sleep",
-                "3600",
-            ]),
-            "container",
-        ))
-        .await
-        .expect("wasm app");
-    app.wait_for_stdout("sleeping", Duration::from_secs(20))
-        .await
-        .expect("wasm app runs in Wasmtime");
+        .start_ready(
+            &in_pod(
+                RunOpts::new("wasm-app", P1_ROOTFS, WASMHYBRID_RUNTIME).args(&[
+                    "/wh-cmd.wasm",
+                    "sleep",
+                    "3600",
+                ]),
+                "container",
+            ),
+            "sleeping",
+        )
+        .await;
     let one_shot = env
         .ctrd
         .run(&in_pod(
@@ -413,14 +384,11 @@ async fn a_killed_runc_shim_is_cleaned_up_as_under_plain_runc() {
     for (i, runtime) in RUNTIMES.into_iter().enumerate() {
         let id = format!("dead-{i}");
         let mut running = env
-            .ctrd
-            .start(&sh(&env, &id, runtime, "echo ready; exec sleep 3600"))
-            .await
-            .expect("start");
-        running
-            .wait_for_stdout("ready", Duration::from_secs(20))
-            .await
-            .expect("ready");
+            .start_ready(
+                &sh(&env, &id, runtime, "echo ready; exec sleep 3600"),
+                "ready",
+            )
+            .await;
         let shim = env
             .daemon
             .shim_pids()

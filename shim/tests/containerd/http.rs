@@ -8,7 +8,7 @@ use wasmhybrid_harness::fixtures::Fixture;
 use wasmhybrid_harness::image::{ImageSpec, WASM_COMPONENT_LAYER};
 use wasmhybrid_harness::netns::{NetNs, http_get};
 
-use crate::common::{HTTP_ARTIFACT, TestEnv, bytes};
+use crate::common::{HTTP_ARTIFACT, TestEnv, bytes, stop};
 
 const HTTP_ROOTFS: &str = "localhost/wh/http:rootfs";
 
@@ -77,11 +77,7 @@ async fn http_component_serves_on_default_and_configured_addresses() {
             assert!(resp.body.contains(&format!("/c{n}")), "{resp:?}");
         }
 
-        running.kill(15).await.expect("kill");
-        let code = tokio::time::timeout(Duration::from_secs(10), running.wait())
-            .await
-            .expect("stops after SIGTERM")
-            .expect("wait");
+        let code = stop(&mut running, 15).await;
         assert_eq!(code, 143, "{image}: SIGTERM exit code");
         running.delete().await.expect("delete");
         assert!(env.leftovers(&format!("http-{i}")).is_empty());

@@ -3,20 +3,18 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{P1_ROOTFS, P2_ROOTFS, TestEnv};
+use crate::common::{P1_ROOTFS, P2_ROOTFS, TestEnv, stop};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_and_short_side_by_side_then_nothing_left() {
     let env = TestEnv::new("life").await;
     env.import_cmd_images();
     let mut long = env
-        .ctrd
-        .start(&env.opts("long", P1_ROOTFS, &["/wh-cmd.wasm", "sleep", "3600"]))
-        .await
-        .expect("start long");
-    long.wait_for_stdout("sleeping", Duration::from_secs(20))
-        .await
-        .expect("long started");
+        .start_ready(
+            &env.opts("long", P1_ROOTFS, &["/wh-cmd.wasm", "sleep", "3600"]),
+            "sleeping",
+        )
+        .await;
 
     for (i, image) in [P1_ROOTFS, P2_ROOTFS].into_iter().enumerate() {
         let done = env
@@ -32,11 +30,7 @@ async fn long_and_short_side_by_side_then_nothing_left() {
         "the long container's shim must still run"
     );
 
-    long.kill(15).await.expect("kill");
-    let code = tokio::time::timeout(Duration::from_secs(10), long.wait())
-        .await
-        .expect("stops")
-        .expect("wait");
+    let code = stop(&mut long, 15).await;
     assert_eq!(code, 143);
     long.delete().await.expect("delete");
     let left = env.leftovers("long");
