@@ -17,6 +17,9 @@ pub struct DaemonOptions {
     pub with_cri: bool,
     /// Extra TOML appended to the generated config.
     pub extra_config: String,
+    /// A whole config to use instead of the generated one (root, state and
+    /// address still come from the command line).
+    pub config_override: Option<String>,
 }
 
 /// A running private containerd.
@@ -66,6 +69,9 @@ impl PrivateContainerd {
         }
         toml.push_str(&format!("disabled_plugins = [{}]\n", disabled.join(", ")));
         toml.push_str(&self.opts.extra_config);
+        if let Some(whole) = &self.opts.config_override {
+            toml = whole.clone();
+        }
         std::fs::write(&config, toml).context("write containerd config")?;
 
         let path = format!(
