@@ -103,18 +103,13 @@ fn decide(flags: &Flags, bundle: &Path) -> Result<(Route, HashMap<String, String
     let spec = Spec::load(bundle.join("config.json"))
         .map_err(|e| format!("cannot read the bundle's config.json: {e}"))?;
     let annotations = spec.annotations().clone().unwrap_or_default();
-    // The pod sandbox needs no image lookup.
-    let sandbox_only = dispatch::route(&annotations, None).ok().filter(|r| {
-        r.runtime == Runtime::Runc && !annotations.contains_key(dispatch::WORKLOAD_KEY)
-    });
-    let route = match sandbox_only {
-        Some(route) => route,
-        None => {
-            let meta = image::lookup(&flags.address, &flags.namespace, &flags.id)
-                .map_err(|e| format!("cannot read the image's metadata: {e}"))?;
-            dispatch::route(&annotations, meta.as_ref()).map_err(|e| e.to_string())?
-        }
+    let meta = if dispatch::is_pod_sandbox(&annotations) {
+        None
+    } else {
+        image::lookup(&flags.address, &flags.namespace, &flags.id)
+            .map_err(|e| format!("cannot read the image's metadata: {e}"))?
     };
+    let route = dispatch::route(&annotations, meta.as_ref()).map_err(|e| e.to_string())?;
     Ok((route, annotations))
 }
 

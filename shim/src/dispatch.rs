@@ -96,6 +96,15 @@ fn heavy_io_tag(
     Ok(None)
 }
 
+/// Whether the container is a pod's sandbox (pause) container: it always
+/// runs under runc, so its route needs no image lookup.
+pub fn is_pod_sandbox(annotations: &HashMap<String, String>) -> bool {
+    annotations
+        .get(CONTAINER_TYPE_ANNOTATION)
+        .map(String::as_str)
+        == Some(SANDBOX_CONTAINER_TYPE)
+}
+
 /// Decides, at shim start, whether Wasmtime or runc runs a container.
 ///
 /// `image` is `None` when the container has no image in containerd (then
@@ -108,11 +117,7 @@ pub fn route(
         runtime: Runtime::Runc,
         reason,
     };
-    if annotations
-        .get(CONTAINER_TYPE_ANNOTATION)
-        .map(String::as_str)
-        == Some(SANDBOX_CONTAINER_TYPE)
-    {
+    if is_pod_sandbox(annotations) {
         return Ok(runc("pod sandbox container".into()));
     }
     let is_wasm = image.map(|i| i.architecture == WASM_ARCH);

@@ -256,20 +256,20 @@ async fn lookup_async(
             Ok::<_, ImageError>(data)
         }
     };
-    let parse = |what: &'static str, digest: &str, bytes: &[u8]| ImageError::Parse {
-        what,
-        digest: digest.to_string(),
-        source: match serde_json::from_slice::<serde_json::Value>(bytes) {
-            Err(e) => e,
-            Ok(_) => serde_json::Error::io(std::io::Error::other("unexpected shape")),
-        },
+    let parse = |what: &'static str, digest: &str| {
+        let digest = digest.to_string();
+        move |source| ImageError::Parse {
+            what,
+            digest,
+            source,
+        }
     };
 
     let mut manifest_digest = target.digest.clone();
     let mut bytes = read(manifest_digest.clone()).await?;
     if target.media_type.contains("index") || target.media_type.contains("manifest.list") {
         let index: Index =
-            serde_json::from_slice(&bytes).map_err(|_| parse("index", &target.digest, &bytes))?;
+            serde_json::from_slice(&bytes).map_err(parse("index", &target.digest))?;
         let arch = host_arch();
         let chosen = index
             .manifests
@@ -294,10 +294,10 @@ async fn lookup_async(
         bytes = read(manifest_digest.clone()).await?;
     }
     let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|_| parse("manifest", &manifest_digest, &bytes))?;
+        serde_json::from_slice(&bytes).map_err(parse("manifest", &manifest_digest))?;
     let config_bytes = read(manifest.config.digest.clone()).await?;
     let config: Config = serde_json::from_slice(&config_bytes)
-        .map_err(|_| parse("image config", &manifest.config.digest, &config_bytes))?;
+        .map_err(parse("image config", &manifest.config.digest))?;
     let meta = ImageMeta {
         name: image_name,
         os: config.os,
