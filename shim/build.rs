@@ -1,4 +1,5 @@
-//! Links the shim binary as a non-PIE executable.
+//! Links the shim binary as a non-PIE executable, and records the target
+//! triple for the AOT cache layout.
 //!
 //! containerd runs the shim binary for every container start (the `start`
 //! action, then the daemon), so its exec cost is on the hot path. As a PIE,
@@ -9,5 +10,8 @@
 //! libraries, stack, heap and every `mmap` (including Wasmtime's code
 //! memory) stay randomized.
 fn main() {
+    // The AOT cache files code under the target triple it was built for.
+    let target = std::env::var("TARGET").unwrap_or_default();
+    println!("cargo:rustc-env=WASMHYBRID_TARGET={target}");
     println!("cargo:rustc-link-arg-bins=-no-pie");
 }

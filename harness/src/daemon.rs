@@ -96,6 +96,8 @@ impl PrivateContainerd {
             .arg("--log-level")
             .arg("info")
             .env("PATH", path)
+            // Shims inherit containerd's environment: a private AOT cache.
+            .env("WASMHYBRID_CACHE_DIR", self.aot_cache_dir())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -103,6 +105,11 @@ impl PrivateContainerd {
             .context("spawn containerd")?;
         self.child = Some(child);
         self.wait_ready()
+    }
+
+    /// The AOT cache of this containerd's shims (`WASMHYBRID_CACHE_DIR`).
+    pub fn aot_cache_dir(&self) -> PathBuf {
+        self.dir.path().join("aot")
     }
 
     fn wait_ready(&mut self) -> Result<()> {

@@ -20,7 +20,7 @@ use containerd_shim::{Flags, StartOpts};
 use oci_spec::runtime::Spec;
 
 use crate::dispatch::{self, Route, Runtime};
-use crate::{image, runc, sandbox};
+use crate::{image, instance, runc};
 
 /// Environment variable containerd sets with its TTRPC address.
 const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
@@ -35,7 +35,7 @@ pub fn main() {
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(flags) => flags,
         // Let the framework report bad flags the way containerd expects.
-        Err(_) => return sandbox::run_shim(),
+        Err(_) => return instance::run_shim(),
     };
     match flags.action.as_str() {
         "start" => std::process::exit(start(&flags, &args[1..])),
@@ -62,9 +62,9 @@ pub fn main() {
                 eprintln!("wasmhybrid: {err}");
                 std::process::exit(1);
             }
-            sandbox::run_shim()
+            instance::run_shim()
         }
-        _ => sandbox::run_shim(),
+        _ => instance::run_shim(),
     }
 }
 
@@ -72,13 +72,13 @@ pub fn main() {
 fn start(flags: &Flags, args: &[OsString]) -> i32 {
     let bundle = std::env::current_dir().unwrap_or_default();
     match decide(flags, &bundle) {
-        Ok((route, annotations)) => {
+        Ok((route, annotations, meta)) => {
             log_to_containerd(
                 &bundle,
                 flags,
                 &format!("dispatch: {}: {}", route.runtime, route.reason),
             );
-            if let Err(e) = runc::record(&bundle, &route) {
+            if let Err(e) = runc::record(&bundle, &route, &flags.namespace, meta.as_ref()) {
                 eprintln!("wasmhybrid: {e}");
                 return 1;
             }
@@ -99,7 +99,9 @@ fn start(flags: &Flags, args: &[OsString]) -> i32 {
     }
 }
 
-fn decide(flags: &Flags, bundle: &Path) -> Result<(Route, HashMap<String, String>), String> {
+type Decided = (Route, HashMap<String, String>, Option<dispatch::ImageMeta>);
+
+fn decide(flags: &Flags, bundle: &Path) -> Result<Decided, String> {
     let spec = Spec::load(bundle.join("config.json"))
         .map_err(|e| format!("cannot read the bundle's config.json: {e}"))?;
     let annotations = spec.annotations().clone().unwrap_or_default();
@@ -110,7 +112,7 @@ fn decide(flags: &Flags, bundle: &Path) -> Result<(Route, HashMap<String, String
             .map_err(|e| format!("cannot read the image's metadata: {e}"))?
     };
     let route = dispatch::route(&annotations, meta.as_ref()).map_err(|e| e.to_string())?;
-    Ok((route, annotations))
+    Ok((route, annotations, meta))
 }
 
 /// Spawns this shim's daemon for a Wasm container, grouped per pod.

@@ -35,6 +35,8 @@ pub struct ImageMeta {
     pub architecture: String,
     pub config_labels: HashMap<String, String>,
     pub manifest_annotations: HashMap<String, String>,
+    /// The manifest's layers of a Wasm media type (OCI Wasm artifacts).
+    pub wasm_layers: Vec<LayerInfo>,
 }
 
 impl ImageMeta {
@@ -201,7 +203,7 @@ impl fmt::Display for WasmSource {
 }
 
 /// A Wasm layer of the image, as containerd describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerInfo {
     pub media_type: String,
     pub digest: String,

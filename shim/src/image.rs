@@ -15,7 +15,7 @@ use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, Read
 use containerd_client::tonic::Request;
 use serde::{Deserialize, Serialize};
 
-use crate::dispatch::{ImageMeta, WASM_ARCH};
+use crate::dispatch::{ImageMeta, LayerInfo, WASM_ARCH, WASM_LAYER_MEDIA_TYPES};
 
 /// Why image metadata could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,16 @@ struct Platform {
 struct Manifest {
     config: Descriptor,
     #[serde(default)]
+    layers: Vec<LayerDescriptor>,
+    #[serde(default)]
     annotations: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct LayerDescriptor {
+    #[serde(rename = "mediaType")]
+    media_type: String,
+    digest: String,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +104,8 @@ struct Cached {
     architecture: String,
     config_labels: HashMap<String, String>,
     manifest_annotations: HashMap<String, String>,
+    /// Required: records written before layers were kept are re-read.
+    wasm_layers: Vec<LayerInfo>,
 }
 
 fn cache_path(digest: &str) -> Option<std::path::PathBuf> {
@@ -114,6 +125,7 @@ fn cache_get(digest: &str, name: &str) -> Option<ImageMeta> {
         architecture: c.architecture,
         config_labels: c.config_labels,
         manifest_annotations: c.manifest_annotations,
+        wasm_layers: c.wasm_layers,
     })
 }
 
@@ -128,6 +140,7 @@ fn cache_put(digest: &str, meta: &ImageMeta) {
         architecture: meta.architecture.clone(),
         config_labels: meta.config_labels.clone(),
         manifest_annotations: meta.manifest_annotations.clone(),
+        wasm_layers: meta.wasm_layers.clone(),
     };
     let Ok(json) = serde_json::to_vec(&c) else {
         return;
@@ -180,11 +193,7 @@ pub fn lookup(address: &str, namespace: &str, id: &str) -> Result<Option<ImageMe
     rt.block_on(lookup_async(address, namespace, id))
 }
 
-async fn lookup_async(
-    address: &str,
-    namespace: &str,
-    id: &str,
-) -> Result<Option<ImageMeta>, ImageError> {
+async fn connect(address: &str) -> Result<Client, ImageError> {
     let path = address.strip_prefix("unix://").unwrap_or(address);
     let channel = containerd_client::connect(Path::new(path))
         .await
@@ -192,7 +201,51 @@ async fn lookup_async(
             address: address.to_string(),
             source,
         })?;
-    let client = Client::from(channel);
+    Ok(Client::from(channel))
+}
+
+/// Reads a blob (e.g. an OCI Wasm layer) from containerd's content store.
+pub async fn read_blob(
+    address: &str,
+    namespace: &str,
+    digest: &str,
+) -> Result<Vec<u8>, ImageError> {
+    let client = connect(address).await?;
+    read_content(&client, namespace, digest).await
+}
+
+async fn read_content(
+    client: &Client,
+    namespace: &str,
+    digest: &str,
+) -> Result<Vec<u8>, ImageError> {
+    let call = |status| ImageError::Call {
+        call: "Content.Read",
+        status: Box::new(status),
+    };
+    let req = request(
+        ReadContentRequest {
+            digest: digest.to_string(),
+            offset: 0,
+            size: 0,
+        },
+        namespace,
+    )?;
+    let mut stream = client.content().read(req).await.map_err(call)?.into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(call)? {
+        data.extend_from_slice(&chunk.data);
+    }
+    Ok(data)
+}
+
+/// [`lookup`], from async code.
+pub async fn lookup_async(
+    address: &str,
+    namespace: &str,
+    id: &str,
+) -> Result<Option<ImageMeta>, ImageError> {
+    let client = connect(address).await?;
     let call = |call: &'static str| {
         move |status| ImageError::Call {
             call,
@@ -234,27 +287,7 @@ async fn lookup_async(
 
     let read = |digest: String| {
         let client = &client;
-        async move {
-            let req = request(
-                ReadContentRequest {
-                    digest,
-                    offset: 0,
-                    size: 0,
-                },
-                namespace,
-            )?;
-            let mut stream = client
-                .content()
-                .read(req)
-                .await
-                .map_err(call("Content.Read"))?
-                .into_inner();
-            let mut data = Vec::new();
-            while let Some(chunk) = stream.message().await.map_err(call("Content.Read"))? {
-                data.extend_from_slice(&chunk.data);
-            }
-            Ok::<_, ImageError>(data)
-        }
+        async move { read_content(client, namespace, &digest).await }
     };
     let parse = |what: &'static str, digest: &str| {
         let digest = digest.to_string();
@@ -304,6 +337,15 @@ async fn lookup_async(
         architecture: config.architecture,
         config_labels: config.config.and_then(|c| c.labels).unwrap_or_default(),
         manifest_annotations: manifest.annotations,
+        wasm_layers: manifest
+            .layers
+            .into_iter()
+            .filter(|l| WASM_LAYER_MEDIA_TYPES.contains(&l.media_type.as_str()))
+            .map(|l| LayerInfo {
+                media_type: l.media_type,
+                digest: l.digest,
+            })
+            .collect(),
     };
     cache_put(&target.digest, &meta);
     Ok(Some(meta))

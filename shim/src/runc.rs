@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dispatch::{Route, Runtime};
+use crate::dispatch::{ImageMeta, LayerInfo, Route, Runtime};
 
 /// containerd's runc shim, looked up on `PATH`.
 pub const RUNC_SHIM: &str = "containerd-shim-runc-v2";
@@ -40,6 +40,13 @@ pub const DECISION_FILE: &str = "wasmhybrid-dispatch.json";
 pub struct Recorded {
     pub runtime: String,
     pub reason: String,
+    /// The container's image (`namespace/name`), if it has one.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The image's Wasm layers, so that the Wasm daemon need not ask
+    /// containerd again.
+    #[serde(default)]
+    pub wasm_layers: Option<Vec<LayerInfo>>,
 }
 
 /// Why delegation failed.
@@ -58,23 +65,35 @@ pub enum RuncError {
     },
 }
 
-/// Writes the decision into `bundle`.
-pub fn record(bundle: &Path, route: &Route) -> Result<(), RuncError> {
+/// Writes the decision into `bundle`, with what the Wasm daemon needs of
+/// the image (`meta` is `None` for a pod sandbox, which has no image).
+pub fn record(
+    bundle: &Path,
+    route: &Route,
+    namespace: &str,
+    meta: Option<&ImageMeta>,
+) -> Result<(), RuncError> {
     let path = bundle.join(DECISION_FILE);
     let rec = Recorded {
         runtime: route.runtime.to_string(),
         reason: route.reason.clone(),
+        image: meta.map(|m| format!("{namespace}/{}", m.name)),
+        wasm_layers: Some(meta.map(|m| m.wasm_layers.clone()).unwrap_or_default()),
     };
     let json = serde_json::to_vec(&rec).unwrap_or_default();
     std::fs::write(&path, json).map_err(|source| RuncError::Record { path, source })
 }
 
-/// Whether `bundle` holds a container that was delegated to runc.
-pub fn is_delegated(bundle: &Path) -> bool {
+/// Reads back what [`record`] wrote, if anything.
+pub fn read_record(bundle: &Path) -> Option<Recorded> {
     std::fs::read(bundle.join(DECISION_FILE))
         .ok()
-        .and_then(|b| serde_json::from_slice::<Recorded>(&b).ok())
-        .is_some_and(|r| r.runtime == Runtime::Runc.to_string())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Whether `bundle` holds a container that was delegated to runc.
+pub fn is_delegated(bundle: &Path) -> bool {
+    read_record(bundle).is_some_and(|r| r.runtime == Runtime::Runc.to_string())
 }
 
 /// Finds the runc shim on `PATH`.
@@ -198,7 +217,10 @@ mod tests {
             runtime: Runtime::Runc,
             reason: "native image".into(),
         };
-        record(bundle.path(), &route).expect("record");
+        record(bundle.path(), &route, "ns", None).expect("record");
         assert!(is_delegated(bundle.path()));
+        let rec = read_record(bundle.path()).expect("read");
+        assert_eq!(rec.image, None);
+        assert_eq!(rec.wasm_layers, Some(vec![]));
     }
 }

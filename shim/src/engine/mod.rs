@@ -3,6 +3,8 @@
 //!
 //! - [`WasmEngine`]: the Wasmtime engine and its configuration;
 //! - [`WasmEngine::load`]: compile bytes into a [`Loaded`] workload;
+//! - [`WasmEngine::precompile`] and [`WasmEngine::load_precompiled`]: the
+//!   native code kept by the AOT cache ([`crate::cache`]);
 //! - [`command`]: run WASI preview 1 modules and `wasi:cli/run` components;
 //! - [`proxy`]: a `wasi:http/proxy` component as a [`crate::http::Backend`].
 
@@ -10,8 +12,12 @@ pub mod command;
 pub mod proxy;
 mod wasi;
 
-use std::path::PathBuf;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, Module};
@@ -46,6 +52,13 @@ pub enum EngineError {
         path: PathBuf,
         source: wasmtime::Error,
     },
+    #[error("cannot serialize the compiled code: {0:#}")]
+    Serialize(wasmtime::Error),
+    #[error("Wasmtime rejected precompiled code {path}: {source:#}")]
+    Precompiled {
+        path: PathBuf,
+        source: wasmtime::Error,
+    },
     #[error("failed to bind {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -65,11 +78,59 @@ pub enum Loaded {
 
 impl Loaded {
     pub fn kind(&self) -> &'static str {
+        self.workload().describe()
+    }
+
+    /// What kind of workload this is, as recorded in the AOT cache.
+    pub fn workload(&self) -> Workload {
         match self {
-            Loaded::Module(_) => "WASI preview 1 module",
-            Loaded::Command(_) => "wasi:cli/run component",
-            Loaded::HttpProxy(_) => "wasi:http/proxy component",
+            Loaded::Module(_) => Workload::Module,
+            Loaded::Command(_) => Workload::Command,
+            Loaded::HttpProxy(_) => Workload::HttpProxy,
         }
+    }
+
+    /// The native code, in Wasmtime's precompiled (`.cwasm`) format.
+    pub fn serialize(&self) -> Result<Vec<u8>, EngineError> {
+        match self {
+            Loaded::Module(m) => m.serialize(),
+            Loaded::Command(c) | Loaded::HttpProxy(c) => c.serialize(),
+        }
+        .map_err(EngineError::Serialize)
+    }
+}
+
+/// The kind of a [`Loaded`] workload, without its code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    Module,
+    Command,
+    HttpProxy,
+}
+
+impl Workload {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Workload::Module => "WASI preview 1 module",
+            Workload::Command => "wasi:cli/run component",
+            Workload::HttpProxy => "wasi:http/proxy component",
+        }
+    }
+}
+
+/// The target triple this shim was built for, and compiles for.
+pub const TARGET: &str = env!("WASMHYBRID_TARGET");
+
+/// Feeds `Hash` output into SHA-256, for a key that is stable for a build.
+struct Sha256Hasher(sha2::Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
     }
 }
 
@@ -120,6 +181,69 @@ impl WasmEngine {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The key under which this engine's precompiled code is filed: the
+    /// shim version and a hash of everything Wasmtime requires to match to
+    /// load code (its version, the target, CPU features, engine settings).
+    pub fn cache_key(&self) -> String {
+        let mut h = Sha256Hasher(sha2::Sha256::new());
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        env!("CARGO_PKG_VERSION").hash(&mut h);
+        let digest = h.0.finalize();
+        let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}-{short}", env!("CARGO_PKG_VERSION"))
+    }
+
+    /// Compiles `bytes` and returns the workload kind and its native code.
+    pub fn precompile(
+        &self,
+        bytes: &[u8],
+        form: WasmForm,
+    ) -> Result<(Workload, Vec<u8>), EngineError> {
+        let loaded = self.load(bytes, form)?;
+        Ok((loaded.workload(), loaded.serialize()?))
+    }
+
+    /// Maps native code that this shim compiled and stored in its AOT cache.
+    ///
+    /// This is the one place where the shim turns bytes from disk into
+    /// executable code. Callers pass only entries of [`crate::cache::Cache`],
+    /// which writes files root-only under its own directory and checks each
+    /// entry's SHA-256 against its record before handing out its path.
+    pub fn load_precompiled(&self, path: &Path, kind: Workload) -> Result<Loaded, EngineError> {
+        let started = Instant::now();
+        let err = |source| EngineError::Precompiled {
+            path: path.to_path_buf(),
+            source,
+        };
+        // SAFETY: Wasmtime requires that the file holds code produced by
+        // `Engine::precompile_*`/`serialize` (which Wasmtime cannot verify,
+        // beyond its header checks of version, target and settings) and is
+        // not modified while mapped. `path` is an AOT cache entry: written
+        // by this shim from `Loaded::serialize`, root-only, replaced only by
+        // rename (never rewritten in place), and checked by digest just
+        // before this call. Bytes from an image never reach this function.
+        let loaded = unsafe {
+            match kind {
+                Workload::Module => {
+                    Module::deserialize_file(&self.engine, path).map(Loaded::Module)
+                }
+                Workload::Command => {
+                    Component::deserialize_file(&self.engine, path).map(Loaded::Command)
+                }
+                Workload::HttpProxy => {
+                    Component::deserialize_file(&self.engine, path).map(Loaded::HttpProxy)
+                }
+            }
+        }
+        .map_err(err)?;
+        log::debug!(
+            "mapped precompiled {} in {:.2} ms",
+            kind.describe(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(loaded)
     }
 
     /// Compiles `bytes` of the given form and classifies components by the

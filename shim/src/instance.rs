@@ -1,0 +1,515 @@
+//! The shim daemon's containers: runwasi's task service
+//! (`containerd-shimkit`) calls [`WasmInstance`] for each Wasm container.
+//!
+//! `Tasks.Create` ([`WasmInstance::new`]) is where the AOT cache works, on
+//! the host, before the container exists:
+//!
+//! 1. [`prepare`] decides what to run from the bundle's `config.json` and
+//!    the image facts recorded at `start` ([`crate::runc::Recorded`]: no
+//!    call back into containerd), reads a rootfs entrypoint confined to the
+//!    rootfs ([`crate::source`]), and finds the native code in the
+//!    [`crate::cache`], compiling it there on a miss;
+//! 2. the container's zygote process maps that code ([`executor::load`])
+//!    and creates the container ([`executor::build`]).
+//!
+//! This replaces `containerd-shim-wasm`'s own instance, whose only moment
+//! to touch the Wasm is inside the container after `pivot_root`, where no
+//! host cache is reachable. Container creation itself is the same: youki's
+//! libcontainer, driven from runwasi's zygote.
+
+use std::os::fd::{AsFd, FromRawFd as _, OwnedFd, RawFd};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use containerd_shim::monitor::{ExitEvent, Subject, Subscription, Topic, monitor_subscribe};
+use containerd_shimkit::sandbox::sync::WaitableCell;
+use containerd_shimkit::sandbox::{Error as SandboxError, Instance, InstanceConfig};
+use containerd_shimkit::zygote::Zygote;
+use nix::errno::Errno;
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use oci_spec::runtime::Spec;
+use tokio::io::unix::AsyncFd;
+
+use crate::cache::{Cache, CacheError, CacheSettings, Compiled, Found, WasmDigest};
+use crate::config::WorkloadConfig;
+use crate::dispatch::{self, DispatchError, WasmForm, WasmSource};
+use crate::engine::{EngineError, WasmEngine, Workload};
+use crate::executor::{self, Code, LoadError, Plan, RunPlan, SHIM_NAME};
+use crate::{exit, image, runc, source};
+
+/// Entry point of the shim daemon (and of containerd's other actions the
+/// framework handles, e.g. `-v` and `-info`).
+pub fn run_shim() {
+    let config = containerd_shimkit::Config {
+        no_setup_logger: false,
+        default_log_level: "info".to_string(),
+        no_reaper: false,
+        no_sub_reaper: false,
+    };
+    containerd_shimkit::sandbox::cli::shim_main::<WasmInstance>(
+        SHIM_NAME,
+        containerd_shimkit::shim_version!(),
+        Some(config),
+    );
+}
+
+/// One Wasm container of the daemon.
+pub struct WasmInstance {
+    id: String,
+    exit_code: WaitableCell<(u32, DateTime<Utc>)>,
+    zygote: Zygote,
+}
+
+fn zygote_err(e: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Others(format!("container process: {e}"))
+}
+
+impl Instance for WasmInstance {
+    async fn new(id: String, cfg: &InstanceConfig) -> Result<Self, SandboxError> {
+        let spec = Spec::load(cfg.bundle.join("config.json"))?;
+        let (bundle, address, namespace) = (
+            cfg.bundle.clone(),
+            cfg.containerd_address.clone(),
+            cfg.namespace.clone(),
+        );
+        let ctx = Ctx {
+            bundle,
+            address,
+            namespace,
+            handle: tokio::runtime::Handle::current(),
+        };
+        let zygote = Zygote::global().spawn();
+        let mut attempt = 0;
+        loop {
+            let ctx = ctx.clone();
+            let spec = spec.clone();
+            let prepared = tokio::task::spawn_blocking(move || prepare(&ctx, &spec))
+                .await
+                .map_err(|e| SandboxError::Others(format!("preparing the container: {e}")))?;
+            match zygote.try_run(executor::load, &prepared.plan) {
+                Ok(Ok(())) => break,
+                Ok(Err(LoadError::Rejected(msg))) if attempt == 0 => {
+                    // Wasmtime's own header checks (version, target,
+                    // settings) refused an entry that passed ours.
+                    log::warn!("AOT cache: {msg}; removing the entry and compiling again");
+                    if let Some((cache, digest)) = &prepared.entry {
+                        cache.remove(digest);
+                    }
+                    attempt += 1;
+                }
+                Ok(Err(LoadError::Rejected(msg))) => {
+                    let fail = Plan::Fail {
+                        code: exit::NOT_RUNNABLE,
+                        message: msg,
+                    };
+                    zygote
+                        .try_run(executor::load, &fail)
+                        .map_err(zygote_err)?
+                        .map_err(|e| zygote_err(format!("{e:?}")))?;
+                    break;
+                }
+                Err(e) => return Err(zygote_err(e)),
+            }
+        }
+        zygote
+            .try_run(executor::build, (id.clone(), cfg.clone()))
+            .map_err(zygote_err)?
+            .map_err(SandboxError::Others)?;
+        Ok(Self {
+            id,
+            exit_code: WaitableCell::new(),
+            zygote,
+        })
+    }
+
+    async fn start(&self) -> Result<u32, SandboxError> {
+        log::info!("starting instance: {}", self.id);
+        // An exit code is set even if waiting fails.
+        let guard = self.exit_code.clone().set_guard_with(|| (137, Utc::now()));
+        let pid = self
+            .zygote
+            .try_run(executor::pid, ())
+            .map_err(zygote_err)?
+            .map_err(SandboxError::Others)?;
+        // Before start, so that the exit cannot be missed.
+        let pidfd = PidFd::new(pid)?;
+        self.zygote
+            .try_run(executor::start, ())
+            .map_err(zygote_err)?
+            .map_err(SandboxError::Others)?;
+        let exit_code = self.exit_code.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let status = match pidfd.wait().await {
+                Ok(WaitStatus::Exited(_, status)) => status,
+                Ok(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
+                Ok(res) => {
+                    log::error!("waitpid unexpected result: {res:?}");
+                    137
+                }
+                Err(e) => {
+                    log::error!("waitpid failed: {e}");
+                    137
+                }
+            } as u32;
+            let _ = exit_code.set((status, Utc::now()));
+        });
+        Ok(pid as u32)
+    }
+
+    async fn kill(&self, signal: u32) -> Result<(), SandboxError> {
+        log::info!("sending signal {signal} to instance: {}", self.id);
+        self.zygote
+            .try_run(executor::kill, signal)
+            .map_err(zygote_err)?
+            .map_err(SandboxError::Others)
+    }
+
+    async fn delete(&self) -> Result<(), SandboxError> {
+        log::info!("deleting instance: {}", self.id);
+        self.zygote
+            .try_run(executor::delete, ())
+            .map_err(zygote_err)?
+            .map_err(SandboxError::Others)
+    }
+
+    async fn wait(&self) -> (u32, DateTime<Utc>) {
+        *self.exit_code.wait().await
+    }
+}
+
+/// What [`prepare`] needs of the container's surroundings.
+#[derive(Clone)]
+struct Ctx {
+    bundle: std::path::PathBuf,
+    address: String,
+    namespace: String,
+    handle: tokio::runtime::Handle,
+}
+
+/// A plan, and the cache entry it loads (to remove if Wasmtime refuses it).
+struct Prepared {
+    plan: Plan,
+    entry: Option<(Cache, WasmDigest)>,
+}
+
+impl From<Plan> for Prepared {
+    fn from(plan: Plan) -> Self {
+        Self { plan, entry: None }
+    }
+}
+
+fn fail(code: i32, message: impl std::fmt::Display) -> Prepared {
+    Plan::Fail {
+        code,
+        message: message.to_string(),
+    }
+    .into()
+}
+
+/// Why a module could not be compiled for the cache.
+#[derive(Debug, thiserror::Error)]
+enum CompileError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Fetch(String),
+}
+
+/// The daemon's engine: compiles for the cache and names its key.
+fn daemon_engine() -> Result<&'static WasmEngine, EngineError> {
+    static ENGINE: std::sync::OnceLock<WasmEngine> = std::sync::OnceLock::new();
+    if let Some(e) = ENGINE.get() {
+        return Ok(e);
+    }
+    let e = WasmEngine::new()?;
+    Ok(ENGINE.get_or_init(|| e))
+}
+
+/// Opens the node's cache for this engine (logged and `None` if unusable:
+/// the container then compiles in its own process, uncached).
+pub fn open_cache(engine: &WasmEngine) -> Option<Cache> {
+    let opened = CacheSettings::from_env()
+        .and_then(|s| Cache::open(&s, crate::engine::TARGET, &engine.cache_key()));
+    match opened {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!("AOT cache unavailable, compiling without it: {e}");
+            None
+        }
+    }
+}
+
+/// Decides what the container runs and gets its native code.
+fn prepare(ctx: &Ctx, spec: &Spec) -> Prepared {
+    let process = spec.process().as_ref();
+    let args: Vec<String> = process.and_then(|p| p.args().clone()).unwrap_or_default();
+    let envs: Vec<String> = process.and_then(|p| p.env().clone()).unwrap_or_default();
+    let config = match WorkloadConfig::from_env(&envs) {
+        Ok(c) => c,
+        Err(e) => return fail(exit::BAD_CONFIG, e),
+    };
+
+    let recorded = runc::read_record(&ctx.bundle);
+    let (image, layers) = match recorded {
+        Some(runc::Recorded {
+            image,
+            wasm_layers: Some(layers),
+            ..
+        }) => (image, layers),
+        _ => {
+            // Not started through our `start` (or an older record): ask.
+            let id = ctx
+                .bundle
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match ctx
+                .handle
+                .block_on(image::lookup_async(&ctx.address, &ctx.namespace, &id))
+            {
+                Ok(Some(meta)) => (
+                    Some(format!("{}/{}", ctx.namespace, meta.name)),
+                    meta.wasm_layers,
+                ),
+                Ok(None) => (None, vec![]),
+                Err(e) => return fail(exit::NOT_RUNNABLE, e),
+            }
+        }
+    };
+
+    let source = match dispatch::choose_source(&args, &layers) {
+        Ok(s) => s,
+        Err(e) => return fail(exit::NOT_RUNNABLE, e),
+    };
+    let engine = match daemon_engine() {
+        Ok(e) => e,
+        Err(e) => return fail(exit::NOT_RUNNABLE, e),
+    };
+    let func = args
+        .first()
+        .map(|a| dispatch::parse_entrypoint(a).func)
+        .unwrap_or_else(|| dispatch::DEFAULT_FUNC.to_string());
+
+    // The Wasm bytes: read now for a rootfs file (its digest is needed to
+    // find the entry), fetched on a miss only for an OCI layer.
+    let (digest, mut bytes, default_arg0, source) = match &source {
+        WasmSource::OciLayer { digest, .. } => match WasmDigest::parse(digest) {
+            Ok(d) => (d, None, "main.wasm".to_string(), source),
+            Err(e) => return fail(exit::NOT_RUNNABLE, e),
+        },
+        WasmSource::Rootfs(path) => {
+            let entry = path.to_string_lossy();
+            match source::read_entrypoint(&ctx.bundle, spec, &entry, &envs) {
+                Ok(found) => {
+                    // Cheap checks first: not Wasm, an ELF, `#func` on a
+                    // component are reported without touching the cache.
+                    if let Err(e) = dispatch::decide(&args, source.clone(), &found.bytes) {
+                        return fail(exit::NOT_RUNNABLE, e);
+                    }
+                    let source = WasmSource::Rootfs(found.guest_path);
+                    (
+                        WasmDigest::of(&found.bytes),
+                        Some(found.bytes),
+                        path.display().to_string(),
+                        source,
+                    )
+                }
+                Err(e @ source::SourceError::NotFound { .. }) => {
+                    return fail(exit::NOT_FOUND, e);
+                }
+                Err(e) => return fail(exit::NOT_RUNNABLE, e),
+            }
+        }
+    };
+
+    let fetch = || -> Result<Vec<u8>, CompileError> {
+        let b = ctx
+            .handle
+            .block_on(image::read_blob(
+                &ctx.address,
+                &ctx.namespace,
+                digest.as_str(),
+            ))
+            .map_err(|e| CompileError::Fetch(e.to_string()))?;
+        if WasmDigest::of(&b) != digest {
+            return Err(CompileError::Fetch(format!(
+                "layer {digest} read from containerd does not match its digest"
+            )));
+        }
+        Ok(b)
+    };
+
+    let run_plan = |code: Code, form: &str| RunPlan {
+        code,
+        func: func.clone(),
+        default_arg0: default_arg0.clone(),
+        http_addr: config.http_addr,
+        reason: format!("Wasm {form} from {source}, calling {func}"),
+    };
+
+    let Some(cache) = open_cache(engine) else {
+        let bytes = match bytes.take().map(Ok).unwrap_or_else(fetch) {
+            Ok(b) => b,
+            Err(e) => return fail(exit::NOT_RUNNABLE, e),
+        };
+        let form = match dispatch::decide(&args, source.clone(), &bytes) {
+            Ok(d) => d.form,
+            Err(e) => return fail(exit::NOT_RUNNABLE, e),
+        };
+        let plan = run_plan(
+            Code::Wasm {
+                bytes,
+                component: form == WasmForm::Component,
+            },
+            &form.to_string(),
+        );
+        return Plan::Run(plan).into();
+    };
+
+    let compile = || -> Result<Compiled, CompileError> {
+        let bytes = ensure(&mut bytes, fetch)?;
+        let decision = dispatch::decide(&args, source.clone(), bytes)?;
+        let (kind, code) = engine.precompile(bytes, decision.form)?;
+        Ok(Compiled {
+            kind,
+            code,
+            wasm_size: bytes.len() as u64,
+        })
+    };
+    match cache.get_or_compile(&digest, image.as_deref(), compile) {
+        Ok((entry, found)) => {
+            let kind = entry.record.kind;
+            match found {
+                Found::Hit => log::info!(
+                    "AOT cache hit: {digest} ({}, {} bytes of code)",
+                    kind.describe(),
+                    entry.record.code_size
+                ),
+                Found::Compiled(ms) => log::info!(
+                    "AOT cache miss: {digest} compiled ({}, {} bytes of Wasm) in {ms:.1} ms",
+                    kind.describe(),
+                    entry.record.wasm_size
+                ),
+                Found::CompiledElsewhere => log::info!(
+                    "AOT cache miss: {digest} compiled by a concurrent start ({})",
+                    kind.describe()
+                ),
+            }
+            if kind != Workload::Module && func != dispatch::DEFAULT_FUNC {
+                return fail(
+                    exit::NOT_RUNNABLE,
+                    DispatchError::FuncOnComponent { func: func.clone() },
+                );
+            }
+            let plan = run_plan(
+                Code::Cached {
+                    path: entry.code.clone(),
+                    kind,
+                },
+                kind.describe(),
+            );
+            Prepared {
+                plan: Plan::Run(plan),
+                entry: Some((cache, digest)),
+            }
+        }
+        Err(CompileError::Cache(e)) => {
+            log::warn!("AOT cache failed ({e}); compiling in the container's process");
+            match bytes.take().map(Ok).unwrap_or_else(fetch) {
+                Ok(b) => {
+                    let form = match dispatch::sniff(&b) {
+                        Ok(f) => f,
+                        Err(e) => return fail(exit::NOT_RUNNABLE, e),
+                    };
+                    Plan::Run(run_plan(
+                        Code::Wasm {
+                            bytes: b,
+                            component: form == WasmForm::Component,
+                        },
+                        &form.to_string(),
+                    ))
+                    .into()
+                }
+                Err(e) => fail(exit::NOT_RUNNABLE, e),
+            }
+        }
+        Err(e) => fail(exit::NOT_RUNNABLE, e),
+    }
+}
+
+/// `bytes`, fetched first if not there yet.
+fn ensure(
+    bytes: &mut Option<Vec<u8>>,
+    fetch: impl FnOnce() -> Result<Vec<u8>, CompileError>,
+) -> Result<&[u8], CompileError> {
+    if bytes.is_none() {
+        *bytes = Some(fetch()?);
+    }
+    Ok(bytes.as_deref().unwrap_or_default())
+}
+
+/// Waits for the container's init process through a pidfd.
+struct PidFd {
+    fd: OwnedFd,
+    pid: i32,
+    subs: Subscription,
+}
+
+impl PidFd {
+    fn new(pid: i32) -> Result<Self, SandboxError> {
+        let subs = monitor_subscribe(Topic::Pid)
+            .map_err(|e| SandboxError::Others(format!("exit monitor: {e}")))?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+        if fd == -1 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: the kernel returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        Ok(Self { fd, pid, subs })
+    }
+
+    async fn wait(self) -> std::io::Result<WaitStatus> {
+        // SAFETY: the AsyncFd owns the pidfd, which nothing else closes or
+        // replaces while it is registered.
+        let fd = unsafe { AsyncFd::register(self.fd)? };
+        loop {
+            // Poll first: readiness is edge-triggered and the process may
+            // have exited before the AsyncFd existed.
+            match waitid(
+                Id::PIDFd(fd.as_fd()),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+            ) {
+                Ok(WaitStatus::StillAlive) => {
+                    let _ = fd.readable().await?;
+                }
+                Ok(status) => return Ok(status),
+                Err(Errno::ECHILD) => {
+                    // Reaped by the shim's reaper: take its exit event.
+                    let (pid, subs) = (self.pid, self.subs);
+                    let status = tokio::task::spawn_blocking(move || {
+                        while let Ok(ExitEvent { subject, exit_code }) =
+                            subs.rx.recv_timeout(Duration::from_secs(2))
+                        {
+                            if let Subject::Pid(p) = subject
+                                && p == pid
+                            {
+                                return Ok(exit_code);
+                            }
+                        }
+                        Err(Errno::ECHILD)
+                    })
+                    .await
+                    .map_err(|_| Errno::ECHILD)??;
+                    return Ok(WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), status));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+}
