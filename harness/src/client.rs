@@ -437,14 +437,33 @@ impl Ctrd {
                 let commit = CommitSnapshotRequest {
                     snapshotter: SNAPSHOTTER.into(),
                     name: chain.clone(),
-                    key,
+                    key: key.clone(),
                     labels: HashMap::new(),
                 };
-                self.client
+                let committed = self
+                    .client
                     .snapshots()
                     .commit(self.req(commit, lease))
-                    .await
-                    .context("commit snapshot")?;
+                    .await;
+                match committed {
+                    Ok(_) => {}
+                    // A concurrent unpack of the same image won the race:
+                    // its snapshot is the same content.
+                    Err(status)
+                        if status.code() == containerd_client::tonic::Code::AlreadyExists =>
+                    {
+                        let remove = RemoveSnapshotRequest {
+                            snapshotter: SNAPSHOTTER.into(),
+                            key,
+                        };
+                        let _ = self
+                            .client
+                            .snapshots()
+                            .remove(with_namespace!(remove, self.ns))
+                            .await;
+                    }
+                    Err(status) => return Err(status).context("commit snapshot"),
+                }
             }
             parent = chain;
         }

@@ -262,12 +262,21 @@ impl Cache {
         }
         let root = settings.dir.clone();
         let dir = root.join(target).join(engine);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io(&dir))?;
+        // The root's parents are the operator's; from the root down, each
+        // directory is checked before anything is created inside it.
+        if let Some(parent) = root.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(io(parent))?;
+        }
         for d in [&root, &root.join(target), &dir] {
+            match fs::DirBuilder::new().mode(0o700).create(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(d)(e)),
+            }
             check_private_dir(d)?;
         }
         Ok(Self {

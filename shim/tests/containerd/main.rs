@@ -6,6 +6,7 @@
 //! These tests need root and containerd; `scripts/test.sh` installs what is
 //! missing. They fail, never skip, when containerd cannot start.
 
+mod aot;
 mod commands;
 mod common;
 mod ctr_cli;

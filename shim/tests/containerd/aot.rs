@@ -1,0 +1,282 @@
+//! The AOT cache under containerd: warm starts map code for both image
+//! shapes, damaged entries are rebuilt, concurrent starts compile once,
+//! precompiled bytes from an image are never loaded, and an unusable cache
+//! only costs a compile.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use wasmhybrid_harness::fixtures::Fixture;
+use wasmhybrid_harness::image::{APPLICATION_WASM, ImageSpec};
+use wasmhybrid_shim::cache::{Record, WasmDigest};
+use wasmhybrid_shim::dispatch::WasmForm;
+use wasmhybrid_shim::engine::{TARGET, WasmEngine};
+
+use crate::common::{P1_ROOTFS, TestEnv, bytes};
+
+/// The directory of this node's entries: `<aot>/<triple>/<engine key>`.
+fn entry_dir(env: &TestEnv) -> PathBuf {
+    let key = WasmEngine::new().expect("engine").cache_key();
+    env.daemon.aot_cache_dir().join(TARGET).join(key)
+}
+
+fn code_path(env: &TestEnv, d: &WasmDigest) -> PathBuf {
+    entry_dir(env).join(format!("{}.cwasm", d.hex()))
+}
+
+fn record_path(env: &TestEnv, d: &WasmDigest) -> PathBuf {
+    entry_dir(env).join(format!("{}.json", d.hex()))
+}
+
+fn count(env: &TestEnv, needle: &str) -> usize {
+    env.daemon.log().matches(needle).count()
+}
+
+/// Runs `wh-cmd hello` from `image` and checks its output.
+async fn hello(env: &TestEnv, id: &str, image: &str, arg0: &str) {
+    let done = env
+        .ctrd
+        .run(&env.opts(id, image, &[arg0, "hello"]))
+        .await
+        .expect("run");
+    assert_eq!(done.exit_code, 0, "{id}: {done:?}");
+    assert_eq!(done.stdout.trim(), "hello from wasm", "{id}: {done:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_starts_map_cached_code_for_both_image_shapes() {
+    let env = TestEnv::new("aot-warm").await;
+    env.import_cmd_images();
+    let wasm = bytes(Fixture::CmdP1);
+    let digest = WasmDigest::of(&wasm);
+    env.import(&ImageSpec::artifact(
+        "localhost/wh/aot:artifact",
+        APPLICATION_WASM,
+        wasm,
+    ));
+    let miss = format!("AOT cache miss: {digest} compiled");
+    let hit = format!("AOT cache hit: {digest}");
+
+    hello(&env, "rootfs-cold", P1_ROOTFS, "wh-cmd.wasm").await;
+    assert_eq!(count(&env, &miss), 1, "first start compiles");
+    assert_eq!(count(&env, &hit), 0);
+
+    hello(&env, "rootfs-warm", P1_ROOTFS, "wh-cmd.wasm").await;
+    // The same module as an OCI artifact: same digest, same entry.
+    hello(
+        &env,
+        "artifact-warm",
+        "localhost/wh/aot:artifact",
+        "/main.wasm",
+    )
+    .await;
+    assert_eq!(count(&env, &miss), 1, "no second compile");
+    assert_eq!(count(&env, &hit), 2, "both shapes hit");
+
+    // Layout and permissions: root-only, under the target triple.
+    let code = code_path(&env, &digest);
+    let record: Record =
+        serde_json::from_slice(&std::fs::read(record_path(&env, &digest)).expect("record"))
+            .expect("parse record");
+    assert_eq!(record.target, TARGET);
+    assert_eq!(record.wasm_digest, digest.to_string());
+    assert!(
+        record.images.iter().any(|i| i.ends_with(P1_ROOTFS))
+            && record.images.iter().any(|i| i.ends_with("aot:artifact")),
+        "{:?}",
+        record.images
+    );
+    let meta = std::fs::metadata(&code).expect("code file");
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, 0));
+    for dir in [
+        env.daemon.aot_cache_dir(),
+        env.daemon.aot_cache_dir().join(TARGET),
+        entry_dir(&env),
+    ] {
+        let m = std::fs::metadata(&dir).expect("dir");
+        assert_eq!(m.mode() & 0o777, 0o700, "{}", dir.display());
+    }
+    env.assert_no_panic_logged();
+}
+
+type Damage = fn(&Path, &Path);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_entries_are_removed_rebuilt_and_never_run() {
+    let env = TestEnv::new("aot-damage").await;
+    env.import_cmd_images();
+    let digest = WasmDigest::of(&bytes(Fixture::CmdP1));
+    hello(&env, "seed", P1_ROOTFS, "wh-cmd.wasm").await;
+
+    fn rewrite_record(record: &Path, f: impl FnOnce(&mut Record)) {
+        let mut r: Record =
+            serde_json::from_slice(&std::fs::read(record).expect("read")).expect("parse");
+        f(&mut r);
+        std::fs::write(record, serde_json::to_vec(&r).expect("json")).expect("write");
+    }
+    let cases: [(&str, Damage, &str); 6] = [
+        (
+            "truncated",
+            |code, _| {
+                let b = std::fs::read(code).expect("read");
+                std::fs::write(code, &b[..b.len() / 2]).expect("write");
+            },
+            "truncated?",
+        ),
+        (
+            "corrupted",
+            |code, _| {
+                let mut b = std::fs::read(code).expect("read");
+                let mid = b.len() / 2;
+                b[mid] ^= 0x5a;
+                std::fs::write(code, &b).expect("write");
+            },
+            "corrupted",
+        ),
+        (
+            "garbage record",
+            |_, record| std::fs::write(record, b"\0\0\0").expect("write"),
+            "unreadable record",
+        ),
+        (
+            "other architecture",
+            |_, record| rewrite_record(record, |r| r.target = "aarch64-unknown-linux-gnu".into()),
+            "built for aarch64-unknown-linux-gnu",
+        ),
+        (
+            "other shim or Wasmtime version",
+            |_, record| rewrite_record(record, |r| r.engine = "0.0.1-0000000000000000".into()),
+            "built for",
+        ),
+        (
+            // Consistent with its record, so only Wasmtime can tell: code
+            // that is not Wasmtime's (as from another Wasmtime release).
+            "foreign code with a matching record",
+            |code, record| {
+                let fake = b"\x7fELF not code Wasmtime would ever load".to_vec();
+                std::fs::write(code, &fake).expect("write");
+                rewrite_record(record, |r| {
+                    r.code_size = fake.len() as u64;
+                    r.code_sha256 = wasmhybrid_shim::cache::sha256_hex(&fake);
+                });
+            },
+            "Wasmtime rejected precompiled code",
+        ),
+    ];
+    for (i, (what, damage, logged)) in cases.into_iter().enumerate() {
+        let before = count(&env, logged);
+        let compiled_before = count(&env, "compiled (");
+        damage(&code_path(&env, &digest), &record_path(&env, &digest));
+        hello(&env, &format!("damaged-{i}"), P1_ROOTFS, "wh-cmd.wasm").await;
+        assert!(
+            count(&env, logged) > before,
+            "{what}: not logged as {logged:?}"
+        );
+        assert_eq!(
+            count(&env, "compiled ("),
+            compiled_before + 1,
+            "{what}: rebuilt once"
+        );
+        let hits = count(&env, "AOT cache hit");
+        hello(&env, &format!("repaired-{i}"), P1_ROOTFS, "wh-cmd.wasm").await;
+        assert_eq!(count(&env, "AOT cache hit"), hits + 1, "{what}: good again");
+    }
+    env.assert_no_panic_logged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_starts_of_a_new_module_compile_once() {
+    let env = TestEnv::new("aot-fifty").await;
+    let wasm = bytes(Fixture::HelloWat);
+    let digest = WasmDigest::of(&wasm);
+    env.import(&ImageSpec::rootfs(
+        "localhost/wh/aot:fifty",
+        "hello.wasm",
+        wasm,
+    ));
+    let runs = (0..50).map(|i| {
+        let opts = env.opts(
+            &format!("fifty-{i}"),
+            "localhost/wh/aot:fifty",
+            &["hello.wasm"],
+        );
+        let ctrd = &env.ctrd;
+        async move { (i, ctrd.run(&opts).await) }
+    });
+    for (i, done) in futures::future::join_all(runs).await {
+        let done = done.unwrap_or_else(|e| panic!("fifty-{i}: {e:#}"));
+        assert_eq!(done.exit_code, 0, "fifty-{i}: {done:?}");
+        assert_eq!(done.stdout.trim(), "hello from wat", "fifty-{i}: {done:?}");
+    }
+    let compiled = count(&env, &format!("AOT cache miss: {digest} compiled ("));
+    assert_eq!(compiled, 1, "one compile for fifty starts");
+    let served = count(&env, &format!("AOT cache hit: {digest}"))
+        + count(
+            &env,
+            &format!("AOT cache miss: {digest} compiled by a concurrent start"),
+        );
+    assert_eq!(served, 49, "the other 49 used that entry");
+    env.assert_no_panic_logged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precompiled_code_shipped_in_an_image_is_refused() {
+    let env = TestEnv::new("aot-shipped").await;
+    let (_, cwasm) = WasmEngine::new()
+        .expect("engine")
+        .precompile(&bytes(Fixture::HelloWat), WasmForm::CoreModule)
+        .expect("precompile");
+    env.import(&ImageSpec::rootfs(
+        "localhost/wh/aot:cwasm-rootfs",
+        "app.wasm",
+        cwasm.clone(),
+    ));
+    env.import(&ImageSpec::artifact(
+        "localhost/wh/aot:cwasm-artifact",
+        APPLICATION_WASM,
+        cwasm,
+    ));
+    for (id, image, arg0) in [
+        ("rootfs", "localhost/wh/aot:cwasm-rootfs", "app.wasm"),
+        ("artifact", "localhost/wh/aot:cwasm-artifact", "/main.wasm"),
+    ] {
+        let done = env
+            .ctrd
+            .run(&env.opts(id, image, &[arg0]))
+            .await
+            .expect("run");
+        assert_eq!(done.exit_code, 126, "{id}: {done:?}");
+        assert!(
+            done.stderr.contains("not a WebAssembly binary"),
+            "{id}: {done:?}"
+        );
+        assert!(done.stdout.is_empty(), "{id}: nothing ran: {done:?}");
+    }
+    assert_eq!(count(&env, "AOT cache hit"), 0);
+    assert_eq!(count(&env, "compiled ("), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_cache_only_costs_a_compile() {
+    let env = TestEnv::new("aot-unusable").await;
+    env.import_cmd_images();
+    // Someone else's directory: the shim must not load code from it.
+    let dir = env.daemon.aot_cache_dir();
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(65534)), None).expect("chown");
+    hello(&env, "uncached-1", P1_ROOTFS, "wh-cmd.wasm").await;
+    hello(&env, "uncached-2", P1_ROOTFS, "wh-cmd.wasm").await;
+    assert_eq!(
+        count(&env, "AOT cache unavailable"),
+        2,
+        "{}",
+        env.daemon.log()
+    );
+    assert!(count(&env, "owned by uid 65534") >= 2);
+    assert_eq!(count(&env, "AOT cache hit"), 0);
+    assert!(
+        std::fs::read_dir(&dir).expect("dir").next().is_none(),
+        "nothing written"
+    );
+    env.assert_no_panic_logged();
+}
