@@ -4,7 +4,8 @@
 //!   for runc, hand over to `containerd-shim-runc-v2` ([`crate::runc`]);
 //!   for Wasm, spawn this shim's daemon and print its socket address;
 //! - `delete`: clean up after a dead shim, by whichever shim owned it;
-//! - no action: the long-running shim daemon (runwasi's framework).
+//! - no action: the long-running shim daemon (runwasi's framework);
+//! - `cache ...` (or run as `wasmhybrid`): the operator tool ([`tool`]).
 //!
 //! `start` must print nothing but the address on stdout and stderr
 //! (containerd reads both as one), so its decision is logged through the
@@ -20,7 +21,7 @@ use containerd_shim::{Flags, StartOpts};
 use oci_spec::runtime::Spec;
 
 use crate::dispatch::{self, Route, Runtime};
-use crate::{image, instance, runc};
+use crate::{image, instance, runc, tool};
 
 /// Environment variable containerd sets with its TTRPC address.
 const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
@@ -32,6 +33,9 @@ pub const WASM_GROUP_PREFIX: &str = "wasmhybrid-";
 /// Runs the shim binary.
 pub fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
+    if tool::is_tool_invocation(&args) {
+        std::process::exit(tool::main(args));
+    }
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(flags) => flags,
         // Let the framework report bad flags the way containerd expects.

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use containerd_client::Client;
-use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, ReadContentRequest};
+use containerd_client::services::v1::{
+    GetContainerRequest, GetImageRequest, ListImagesRequest, ReadContentRequest,
+};
 use containerd_client::tonic::Request;
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +92,14 @@ struct Config {
 struct ConfigInner {
     #[serde(rename = "Labels", default)]
     labels: Option<HashMap<String, String>>,
+    #[serde(rename = "Entrypoint", default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default)]
+    cmd: Option<Vec<String>>,
+    #[serde(rename = "Env", default)]
+    env: Option<Vec<String>>,
+    #[serde(rename = "WorkingDir", default)]
+    working_dir: Option<String>,
 }
 
 /// Where [`lookup`] caches image metadata, keyed by target digest (beside,
@@ -285,6 +295,43 @@ pub async fn lookup_async(
         return Ok(Some(meta));
     }
 
+    let (manifest, config) = resolve(&client, namespace, &image_name, &target).await?;
+    let meta = image_meta(image_name, &manifest, &config);
+    cache_put(&target.digest, &meta);
+    Ok(Some(meta))
+}
+
+fn image_meta(name: String, manifest: &Manifest, config: &Config) -> ImageMeta {
+    ImageMeta {
+        name,
+        os: config.os.clone(),
+        architecture: config.architecture.clone(),
+        config_labels: config
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default(),
+        manifest_annotations: manifest.annotations.clone(),
+        wasm_layers: manifest
+            .layers
+            .iter()
+            .filter(|l| WASM_LAYER_MEDIA_TYPES.contains(&l.media_type.as_str()))
+            .map(|l| LayerInfo {
+                media_type: l.media_type.clone(),
+                digest: l.digest.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The manifest (for this node: `wasm` first, then the host's arch) and
+/// config of an image whose target descriptor is `target`.
+async fn resolve(
+    client: &Client,
+    namespace: &str,
+    image_name: &str,
+    target: &containerd_client::types::Descriptor,
+) -> Result<(Manifest, Config), ImageError> {
     let read = |digest: String| {
         let client = &client;
         async move { read_content(client, namespace, &digest).await }
@@ -320,7 +367,7 @@ pub async fn lookup_async(
             })
             .or_else(|| index.manifests.first())
             .ok_or(ImageError::NoManifest {
-                image: image_name.clone(),
+                image: image_name.to_string(),
                 arch,
             })?;
         manifest_digest = chosen.digest.clone();
@@ -331,24 +378,105 @@ pub async fn lookup_async(
     let config_bytes = read(manifest.config.digest.clone()).await?;
     let config: Config = serde_json::from_slice(&config_bytes)
         .map_err(parse("image config", &manifest.config.digest))?;
-    let meta = ImageMeta {
-        name: image_name,
-        os: config.os,
-        architecture: config.architecture,
-        config_labels: config.config.and_then(|c| c.labels).unwrap_or_default(),
-        manifest_annotations: manifest.annotations,
-        wasm_layers: manifest
-            .layers
-            .into_iter()
-            .filter(|l| WASM_LAYER_MEDIA_TYPES.contains(&l.media_type.as_str()))
-            .map(|l| LayerInfo {
-                media_type: l.media_type,
-                digest: l.digest,
-            })
-            .collect(),
+    Ok((manifest, config))
+}
+
+/// What `wasmhybrid cache warm` needs of an image.
+#[derive(Debug, Clone)]
+pub struct ImageDetail {
+    pub meta: ImageMeta,
+    /// Filesystem layers, in order: `(media type, digest)`.
+    pub fs_layers: Vec<(String, String)>,
+    /// The image's default process args (Entrypoint then Cmd).
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+}
+
+/// Describes images in `namespace`: those named, or all of them.
+pub async fn describe_images(
+    address: &str,
+    namespace: &str,
+    names: &[String],
+) -> Result<Vec<(String, Result<ImageDetail, ImageError>)>, ImageError> {
+    let client = connect(address).await?;
+    let call = |call: &'static str| {
+        move |status| ImageError::Call {
+            call,
+            status: Box::new(status),
+        }
     };
-    cache_put(&target.digest, &meta);
-    Ok(Some(meta))
+    let images = if names.is_empty() {
+        client
+            .images()
+            .list(request(ListImagesRequest { filters: vec![] }, namespace)?)
+            .await
+            .map_err(call("Images.List"))?
+            .into_inner()
+            .images
+    } else {
+        let mut out = Vec::new();
+        for name in names {
+            let image = client
+                .images()
+                .get(request(GetImageRequest { name: name.clone() }, namespace)?)
+                .await
+                .map_err(call("Images.Get"))?
+                .into_inner()
+                .image;
+            out.extend(image);
+        }
+        out
+    };
+    let mut out = Vec::new();
+    for image in images {
+        let name = image.name.clone();
+        let detail = async {
+            let target = image.target.ok_or(ImageError::NoManifest {
+                image: name.clone(),
+                arch: host_arch(),
+            })?;
+            let (manifest, config) = resolve(&client, namespace, &name, &target).await?;
+            let inner = config.config.as_ref();
+            let mut args = inner.and_then(|c| c.entrypoint.clone()).unwrap_or_default();
+            args.extend(inner.and_then(|c| c.cmd.clone()).unwrap_or_default());
+            Ok(ImageDetail {
+                meta: image_meta(name.clone(), &manifest, &config),
+                fs_layers: manifest
+                    .layers
+                    .iter()
+                    .filter(|l| l.media_type.contains("tar"))
+                    .map(|l| (l.media_type.clone(), l.digest.clone()))
+                    .collect(),
+                args,
+                env: inner.and_then(|c| c.env.clone()).unwrap_or_default(),
+                working_dir: inner
+                    .and_then(|c| c.working_dir.clone())
+                    .unwrap_or_default(),
+            })
+        }
+        .await;
+        out.push((name, detail));
+    }
+    Ok(out)
+}
+
+/// Names of all images in `namespace`.
+pub async fn image_names(address: &str, namespace: &str) -> Result<Vec<String>, ImageError> {
+    let client = connect(address).await?;
+    Ok(client
+        .images()
+        .list(request(ListImagesRequest { filters: vec![] }, namespace)?)
+        .await
+        .map_err(|status| ImageError::Call {
+            call: "Images.List",
+            status: Box::new(status),
+        })?
+        .into_inner()
+        .images
+        .into_iter()
+        .map(|i| i.name)
+        .collect())
 }
 
 #[cfg(test)]

@@ -36,5 +36,6 @@ pub mod instance;
 pub mod runc;
 pub mod signals;
 pub mod source;
+pub mod tool;
 
 pub use instance::run_shim;

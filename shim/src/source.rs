@@ -155,7 +155,7 @@ fn open_in_container(
 
 /// Lexically removes `.` and `..` (as the kernel does for an absolute path
 /// at `/`), so mount prefixes compare like the container would see them.
-fn normalize(p: &Path) -> PathBuf {
+pub fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
     for c in p.components() {
         match c {

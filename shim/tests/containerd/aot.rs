@@ -280,3 +280,124 @@ async fn an_unusable_cache_only_costs_a_compile() {
     );
     env.assert_no_panic_logged();
 }
+
+/// Runs `containerd-shim-wasmhybrid-v1 cache ...` against `env`.
+fn tool(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_containerd-shim-wasmhybrid-v1"))
+        .arg("cache")
+        .args(args)
+        .env("WASMHYBRID_CACHE_DIR", env.daemon.aot_cache_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the cache tool");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_tool_warms_lists_and_prunes() {
+    let env = TestEnv::new("aot-tool").await;
+    env.import_cmd_images();
+    env.import(&ImageSpec::artifact(
+        "localhost/wh/aot:http",
+        APPLICATION_WASM,
+        bytes(Fixture::Http),
+    ));
+    env.import(&ImageSpec::busybox("localhost/wh/aot:busybox").expect("busybox image"));
+    let address = env.daemon.address().display().to_string();
+    let ctrd_args = [
+        "--address",
+        address.as_str(),
+        "--namespace",
+        env.ns.as_str(),
+    ];
+
+    // Warm every image of the namespace: three Wasm modules, one native.
+    let (code, out, err) = tool(&env, &[&["warm"][..], &ctrd_args].concat());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.matches("compiled    ").count(), 3, "{out}");
+    assert!(
+        out.contains("skipped") && out.contains("runs under runc"),
+        "{out}"
+    );
+    // A second warm finds everything cached.
+    let (code, out, _) = tool(&env, &[&["warm"][..], &ctrd_args].concat());
+    assert_eq!(code, 0);
+    assert_eq!(out.matches("cached      ").count(), 3, "{out}");
+
+    // Containers now start from the cache: no compile at start.
+    hello(&env, "after-warm-p1", P1_ROOTFS, "wh-cmd.wasm").await;
+    let done = env
+        .ctrd
+        .run(&env.opts(
+            "after-warm-p2",
+            crate::common::P2_ROOTFS,
+            &["wh-cmd.wasm", "hello"],
+        ))
+        .await
+        .expect("run");
+    assert_eq!(done.exit_code, 0, "{done:?}");
+    assert_eq!(count(&env, "AOT cache hit"), 2);
+    assert_eq!(count(&env, "compiled ("), 0, "nothing compiled at start");
+
+    // list: three entries of this node's target.
+    let (code, out, _) = tool(&env, &["list", "--json"]);
+    assert_eq!(code, 0);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+    assert_eq!(listed.len(), 3, "{out}");
+    assert!(listed.iter().all(|e| e["target"] == TARGET), "{out}");
+    let (code, out, _) = tool(&env, &["list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("3 entries") && out.contains(TARGET), "{out}");
+
+    // --stale: an entry of another engine version goes, ours stay.
+    let stale = env
+        .daemon
+        .aot_cache_dir()
+        .join(TARGET)
+        .join("0.0.1-0000000000000000");
+    std::fs::create_dir_all(&stale).expect("mkdir");
+    std::fs::write(stale.join(format!("{}.cwasm", "ab".repeat(32))), b"old").expect("write");
+    let (code, out, _) = tool(&env, &["prune", "--stale"]);
+    assert_eq!(
+        (code, out.contains("removed 1 entries")),
+        (0, true),
+        "{out}"
+    );
+
+    // --unreferenced: remove the HTTP image from containerd, prune.
+    let rm = env
+        .daemon
+        .ctr(&env.ns, &["images", "rm", "localhost/wh/aot:http"])
+        .expect("ctr");
+    assert!(rm.status.success(), "{rm:?}");
+    let (code, out, err) = tool(
+        &env,
+        &[&["prune", "--unreferenced"][..], &ctrd_args].concat(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("removed 1 entries") && out.contains("aot:http"),
+        "{out}"
+    );
+    let (_, out, _) = tool(&env, &["list", "--json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+    assert_eq!(listed.len(), 2, "{out}");
+
+    // --max-size 0 empties it; bad arguments are clear errors.
+    let (code, out, _) = tool(&env, &["prune", "--max-size", "0"]);
+    assert_eq!(
+        (code, out.contains("removed 2 entries")),
+        (0, true),
+        "{out}"
+    );
+    let (code, _, err) = tool(&env, &["prune"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("say what to prune"), "{err}");
+    let (code, _, err) = tool(&env, &["prune", "--max-size", "lots"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--max-size"), "{err}");
+}

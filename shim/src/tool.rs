@@ -1,0 +1,559 @@
+//! `wasmhybrid cache ...`: the operator's view of the AOT cache. The same
+//! binary as the shim: run as `containerd-shim-wasmhybrid-v1 cache ...`, or
+//! through a `wasmhybrid` symlink to it.
+//!
+//! - `warm`: precompile one image, or every Wasm image of some containerd
+//!   namespaces, into this node's cache (what node-setup runs);
+//! - `list`: entries, their architecture, size and last use;
+//! - `prune`: evict to a size, drop entries of other shim or Wasmtime
+//!   versions, or entries whose images are gone from containerd.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use clap::{Parser, Subcommand};
+
+use crate::cache::{self, Cache, CacheError, CacheSettings, Compiled, Found, WasmDigest};
+use crate::dispatch::{self, Runtime};
+use crate::engine::{EngineError, TARGET, WasmEngine};
+use crate::image::{self, ImageDetail};
+use crate::source::normalize;
+
+/// containerd's default socket.
+const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wasmhybrid",
+    version,
+    about = "wasmhybrid's AOT cache of native code"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand, Debug)]
+enum Top {
+    /// Manage the AOT cache.
+    #[command(subcommand)]
+    Cache(CacheCmd),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct CacheOpts {
+    /// Cache directory [default: $WASMHYBRID_CACHE_DIR or /var/lib/wasmhybrid/aot].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ContainerdOpts {
+    /// containerd's socket.
+    #[arg(long, default_value = DEFAULT_ADDRESS)]
+    address: String,
+    /// containerd namespaces (repeat for several).
+    #[arg(long = "namespace", short = 'n', default_value = "k8s.io")]
+    namespaces: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheCmd {
+    /// Precompile the named images, or every Wasm image of the namespaces.
+    Warm {
+        #[command(flatten)]
+        cache: CacheOpts,
+        #[command(flatten)]
+        containerd: ContainerdOpts,
+        /// Image names; none: all images of the namespaces.
+        images: Vec<String>,
+    },
+    /// List entries (all architectures and versions in the directory).
+    List {
+        #[command(flatten)]
+        cache: CacheOpts,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove entries.
+    Prune {
+        #[command(flatten)]
+        cache: CacheOpts,
+        /// Evict least recently used entries down to this size (e.g. 1GiB).
+        #[arg(long)]
+        max_size: Option<String>,
+        /// Remove entries of other shim/Wasmtime versions for this node's
+        /// architecture, and interrupted writes.
+        #[arg(long)]
+        stale: bool,
+        /// Remove entries none of whose images exist in containerd any more.
+        #[arg(long)]
+        unreferenced: bool,
+        #[command(flatten)]
+        containerd: ContainerdOpts,
+    },
+}
+
+/// Errors of the tool, printed as one line.
+#[derive(Debug, thiserror::Error)]
+enum ToolError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Whether `args` (argv) is a tool invocation rather than containerd's.
+pub fn is_tool_invocation(args: &[std::ffi::OsString]) -> bool {
+    let argv0 = args
+        .first()
+        .map(|a| Path::new(a).file_name().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    argv0 == "wasmhybrid" || args.get(1).is_some_and(|a| a == "cache")
+}
+
+/// Runs the tool; returns the process exit code.
+pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
+    // `containerd-shim-wasmhybrid-v1 cache ...` reads as `wasmhybrid cache ...`.
+    let mut args = args;
+    if let Some(a0) = args.first_mut() {
+        *a0 = "wasmhybrid".into();
+    }
+    let parsed = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wasmhybrid: cannot start a runtime: {e}");
+            return 1;
+        }
+    };
+    let Top::Cache(cmd) = parsed.command;
+    match rt.block_on(run(cmd)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wasmhybrid: {e}");
+            1
+        }
+    }
+}
+
+fn settings(opts: &CacheOpts) -> Result<CacheSettings, ToolError> {
+    let mut s = CacheSettings::from_env()?;
+    if let Some(dir) = &opts.dir {
+        s.dir = std::path::absolute(dir).map_err(|e| ToolError::Other(e.to_string()))?;
+    }
+    Ok(s)
+}
+
+async fn run(cmd: CacheCmd) -> Result<i32, ToolError> {
+    match cmd {
+        CacheCmd::List { cache, json } => list(&settings(&cache)?, json),
+        CacheCmd::Warm {
+            cache,
+            containerd,
+            images,
+        } => warm(&settings(&cache)?, &containerd, &images).await,
+        CacheCmd::Prune {
+            cache,
+            max_size,
+            stale,
+            unreferenced,
+            containerd,
+        } => {
+            prune(
+                &settings(&cache)?,
+                max_size.as_deref(),
+                stale,
+                unreferenced.then_some(&containerd),
+            )
+            .await
+        }
+    }
+}
+
+fn list(settings: &CacheSettings, json: bool) -> Result<i32, ToolError> {
+    let entries = cache::list(&settings.dir)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).map_err(|e| ToolError::Other(e.to_string()))?
+        );
+        return Ok(0);
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    println!(
+        "{:<28} {:<24} {:<19} {:<22} {:>10} {:>9}  IMAGES",
+        "TARGET", "ENGINE", "WASM DIGEST", "KIND", "SIZE", "LAST USE"
+    );
+    for e in &entries {
+        println!(
+            "{:<28} {:<24} {:<19} {:<22} {:>10} {:>9}  {}",
+            e.target,
+            e.engine,
+            &e.wasm_digest[..e.wasm_digest.len().min(19)],
+            e.kind
+                .map(|k| k.describe())
+                .unwrap_or(if e.complete { "?" } else { "(incomplete)" }),
+            human(e.size),
+            ago(now.saturating_sub(e.last_used)),
+            e.images.join(", ")
+        );
+    }
+    let total: u64 = entries.iter().map(|e| e.size).sum();
+    println!(
+        "{} entries, {} in {} (bound {}; this node: {TARGET})",
+        entries.len(),
+        human(total),
+        settings.dir.display(),
+        human(settings.max_size)
+    );
+    Ok(0)
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+async fn prune(
+    settings: &CacheSettings,
+    max_size: Option<&str>,
+    stale: bool,
+    unreferenced: Option<&ContainerdOpts>,
+) -> Result<i32, ToolError> {
+    if max_size.is_none() && !stale && unreferenced.is_none() {
+        return Err(ToolError::Other(
+            "say what to prune: --max-size SIZE, --stale and/or --unreferenced".into(),
+        ));
+    }
+    let mut removed = 0usize;
+    if stale {
+        let key = WasmEngine::new()?.cache_key();
+        for e in cache::list(&settings.dir)? {
+            if e.target == TARGET && (e.engine != key || !e.complete) {
+                println!(
+                    "removing {} ({}/{}): stale",
+                    e.wasm_digest, e.target, e.engine
+                );
+                cache::remove_listed(&settings.dir, &e);
+                removed += 1;
+            }
+        }
+    }
+    if let Some(ctrd) = unreferenced {
+        let mut present = std::collections::HashSet::new();
+        for ns in &ctrd.namespaces {
+            for name in image::image_names(&ctrd.address, ns).await? {
+                present.insert(format!("{ns}/{name}"));
+            }
+        }
+        for e in cache::list(&settings.dir)? {
+            // Only this node's entries are judged against this node's
+            // containerd; entries without images are kept.
+            if e.target == TARGET
+                && !e.images.is_empty()
+                && e.images.iter().all(|i| {
+                    let ns = i.split('/').next().unwrap_or_default();
+                    ctrd.namespaces.iter().any(|n| n == ns) && !present.contains(i)
+                })
+            {
+                println!(
+                    "removing {}: its images are gone ({})",
+                    e.wasm_digest,
+                    e.images.join(", ")
+                );
+                cache::remove_listed(&settings.dir, &e);
+                removed += 1;
+            }
+        }
+    }
+    if let Some(max) = max_size {
+        let max = cache::parse_size(max).ok_or_else(|| {
+            ToolError::Other(format!("--max-size {max:?}: expected e.g. 2GiB, 500M"))
+        })?;
+        for e in cache::evict(&settings.dir, max, None)? {
+            println!("removing {}: least recently used", e.wasm_digest);
+            removed += 1;
+        }
+    }
+    println!("removed {removed} entries");
+    Ok(0)
+}
+
+/// What warming one image did.
+enum Warmed {
+    Hit(WasmDigest),
+    Compiled(WasmDigest, f64),
+    Skipped(String),
+}
+
+async fn warm(
+    settings: &CacheSettings,
+    ctrd: &ContainerdOpts,
+    names: &[String],
+) -> Result<i32, ToolError> {
+    let engine = WasmEngine::new()?;
+    let cache = Cache::open(settings, TARGET, &engine.cache_key())?;
+    let mut failed = 0;
+    let mut done = 0;
+    let mut work = Vec::new();
+    for ns in &ctrd.namespaces {
+        for (name, detail) in image::describe_images(&ctrd.address, ns, names).await? {
+            work.push((ns.clone(), name, detail));
+        }
+    }
+    let total = work.len();
+    let tty = std::io::stderr().is_terminal();
+    for (i, (ns, name, detail)) in work.into_iter().enumerate() {
+        progress(tty, i, total, &name);
+        let started = Instant::now();
+        let result = match detail {
+            Ok(d) => warm_one(&engine, &cache, &ctrd.address, &ns, &d).await,
+            Err(e) => Err(e.into()),
+        };
+        let line = match result {
+            Ok(Warmed::Hit(d)) => {
+                done += 1;
+                format!("cached      {ns}/{name} ({d})")
+            }
+            Ok(Warmed::Compiled(d, ms)) => {
+                done += 1;
+                format!("compiled    {ns}/{name} ({d}) in {ms:.0} ms")
+            }
+            Ok(Warmed::Skipped(why)) => format!("skipped     {ns}/{name}: {why}"),
+            Err(e) => {
+                failed += 1;
+                format!(
+                    "failed      {ns}/{name}: {e} ({:.0} ms)",
+                    started.elapsed().as_secs_f64() * 1e3
+                )
+            }
+        };
+        if tty {
+            eprint!("\r\x1b[2K");
+        }
+        println!("{line}");
+    }
+    progress(tty, total, total, "");
+    if tty {
+        eprintln!();
+    }
+    println!("{done} images warmed, {failed} failed, of {total}");
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// A one-line progress bar on a terminal; nothing otherwise.
+fn progress(tty: bool, i: usize, total: usize, name: &str) {
+    if !tty || total == 0 {
+        return;
+    }
+    const WIDTH: usize = 30;
+    let filled = WIDTH * i / total;
+    eprint!(
+        "\r\x1b[2K[{}{}] {i}/{total} {name}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled)
+    );
+    let _ = std::io::stderr().flush();
+}
+
+async fn warm_one(
+    engine: &WasmEngine,
+    cache: &Cache,
+    address: &str,
+    ns: &str,
+    d: &ImageDetail,
+) -> Result<Warmed, ToolError> {
+    let route = dispatch::route(&Default::default(), Some(&d.meta))
+        .map_err(|e| ToolError::Other(e.to_string()))?;
+    if route.runtime == Runtime::Runc {
+        return Ok(Warmed::Skipped(format!(
+            "runs under runc ({})",
+            route.reason
+        )));
+    }
+    let source = dispatch::choose_source(&d.args, &d.meta.wasm_layers)
+        .map_err(|e| ToolError::Other(e.to_string()))?;
+    let bytes = match &source {
+        dispatch::WasmSource::OciLayer { digest, .. } => {
+            let b = image::read_blob(address, ns, digest).await?;
+            if WasmDigest::of(&b).as_str() != digest {
+                return Err(ToolError::Other(format!("layer {digest} does not match")));
+            }
+            b
+        }
+        dispatch::WasmSource::Rootfs(path) => {
+            extract_entrypoint(address, ns, d, &path.to_string_lossy()).await?
+        }
+    };
+    let decision =
+        dispatch::decide(&d.args, source, &bytes).map_err(|e| ToolError::Other(e.to_string()))?;
+    let digest = WasmDigest::of(&bytes);
+    let image = format!("{ns}/{}", d.meta.name);
+    let (_, found) = cache.get_or_compile(&digest, Some(&image), || {
+        let (kind, code) = engine.precompile(&bytes, decision.form)?;
+        Ok::<_, ToolError>(Compiled {
+            kind,
+            code,
+            wasm_size: bytes.len() as u64,
+        })
+    })?;
+    Ok(match found {
+        Found::Hit | Found::CompiledElsewhere => Warmed::Hit(digest),
+        Found::Compiled(ms) => Warmed::Compiled(digest, ms),
+    })
+}
+
+/// Reads the entrypoint file out of the image's layers (no unpacking):
+/// the last layer holding it wins, as in the unpacked rootfs.
+async fn extract_entrypoint(
+    address: &str,
+    ns: &str,
+    d: &ImageDetail,
+    entry: &str,
+) -> Result<Vec<u8>, ToolError> {
+    let cwd = if d.working_dir.is_empty() {
+        "/".to_string()
+    } else {
+        d.working_dir.clone()
+    };
+    let mut candidates: Vec<PathBuf> = if entry.starts_with('/') {
+        vec![PathBuf::from(entry)]
+    } else if entry.contains('/') {
+        vec![Path::new(&cwd).join(entry)]
+    } else {
+        d.env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("")
+            .split(':')
+            .filter(|p| p.starts_with('/'))
+            .map(|p| Path::new(p).join(entry))
+            .collect()
+    };
+    candidates.push(Path::new(&cwd).join(entry));
+    let candidates: Vec<PathBuf> = candidates.iter().map(|c| normalize(c)).collect();
+
+    let mut layers = Vec::new();
+    for (media_type, digest) in &d.fs_layers {
+        layers.push((
+            media_type.clone(),
+            image::read_blob(address, ns, digest).await?,
+        ));
+    }
+    // Follow symlinks (confined to the image) a few hops.
+    let mut wanted = candidates;
+    for _ in 0..8 {
+        let mut found: Option<(PathBuf, FileOrLink)> = None;
+        for (media_type, blob) in &layers {
+            scan_layer(media_type, blob, &wanted, &mut found)
+                .map_err(|e| ToolError::Other(format!("reading layer: {e}")))?;
+        }
+        match found {
+            Some((_, FileOrLink::File(bytes))) => return Ok(bytes),
+            Some((path, FileOrLink::Link(target))) => {
+                let base = path.parent().unwrap_or(Path::new("/"));
+                wanted = vec![normalize(&base.join(target))];
+            }
+            None => break,
+        }
+    }
+    Err(ToolError::Other(format!(
+        "entrypoint {entry} not found in the image's layers"
+    )))
+}
+
+enum FileOrLink {
+    File(Vec<u8>),
+    Link(PathBuf),
+}
+
+/// Records in `found` the first candidate present in this layer (deleted
+/// by a whiteout: forgotten).
+fn scan_layer(
+    media_type: &str,
+    blob: &[u8],
+    wanted: &[PathBuf],
+    found: &mut Option<(PathBuf, FileOrLink)>,
+) -> std::io::Result<()> {
+    let reader: Box<dyn Read + '_> = if media_type.contains("gzip") {
+        Box::new(flate2::read::GzDecoder::new(blob))
+    } else {
+        Box::new(blob)
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut layer_hit: Option<(PathBuf, FileOrLink)> = None;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = normalize(&Path::new("/").join(entry.path()?));
+        if let Some(name) = path.file_name().and_then(|n| n.to_str())
+            && let Some(deleted) = name.strip_prefix(".wh.")
+        {
+            let deleted = path.with_file_name(deleted);
+            if found.as_ref().is_some_and(|(p, _)| *p == deleted) {
+                *found = None;
+            }
+            continue;
+        }
+        let Some(rank) = wanted.iter().position(|w| *w == path) else {
+            continue;
+        };
+        let better = layer_hit
+            .as_ref()
+            .is_none_or(|(p, _)| wanted.iter().position(|w| w == p).unwrap_or(usize::MAX) >= rank);
+        if !better {
+            continue;
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() {
+            if let Some(target) = entry.link_name()? {
+                layer_hit = Some((path, FileOrLink::Link(target.into_owned())));
+            }
+        } else if kind.is_file() {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes)?;
+            layer_hit = Some((path, FileOrLink::File(bytes)));
+        }
+    }
+    if let Some(hit) = layer_hit {
+        *found = Some(hit);
+    }
+    Ok(())
+}
