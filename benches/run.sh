@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs a benchmark of benches/ (release build), e.g. `bash benches/run.sh delegation`.
+# Runs a benchmark of benches/ (release build), e.g. `bash benches/run.sh delegation`
+# or `bash benches/run.sh aot` (which also builds the large fixture, wh-big).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/prepare.sh benches/run.sh
 cargo build --release --quiet -p wasmhybrid-shim
+if [ "${1:-delegation}" = aot ]; then bash scripts/build-fixtures.sh --big; fi
 cargo bench --quiet -p wasmhybrid-benches --bench "${1:-delegation}"

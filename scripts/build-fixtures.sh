@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Wasm fixture programs (fixtures/) for wasm32-wasip1 and
-# wasm32-wasip2. Installs the rustup targets when missing.
+# wasm32-wasip2 (with --big, also wh-big, the benchmarks' large module).
+# Installs the rustup targets when missing.
 set -euo pipefail
 cd "$(dirname "$0")/../fixtures"
 for t in wasm32-wasip1 wasm32-wasip2; do
@@ -8,3 +9,7 @@ for t in wasm32-wasip1 wasm32-wasip2; do
 done
 cargo build --quiet --release --target wasm32-wasip1 -p wh-cmd
 cargo build --quiet --release --target wasm32-wasip2 -p wh-cmd -p wh-http
+# The large module of benches/aot.rs, only when asked for (not in CI).
+if [ "${1:-}" = "--big" ]; then
+  cargo build --quiet --profile big --target wasm32-wasip1 -p wh-big
+fi

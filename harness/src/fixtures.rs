@@ -30,6 +30,9 @@ pub enum Fixture {
     HelloWat,
     /// `fixtures/wat/no-start.wat`: a module without `_start`.
     NoStartWat,
+    /// `fixtures/wh-big`, unoptimized: a core module of over 5 MB (built
+    /// only for benchmarks, by `scripts/build-fixtures.sh --big`).
+    Big,
 }
 
 impl Fixture {
@@ -41,6 +44,7 @@ impl Fixture {
             Fixture::Http => root.join("target/wasm32-wasip2/release/wh_http.wasm"),
             Fixture::HelloWat => root.join("wat/hello.wat"),
             Fixture::NoStartWat => root.join("wat/no-start.wat"),
+            Fixture::Big => root.join("target/wasm32-wasip1/big/wh-big.wasm"),
         }
     }
 
@@ -53,7 +57,7 @@ impl Fixture {
             }
             _ => {
                 if !path.exists() {
-                    build_fixtures()?;
+                    build_fixtures(self == Fixture::Big)?;
                 }
                 std::fs::read(&path).with_context(|| format!("read {}", path.display()))
             }
@@ -61,11 +65,12 @@ impl Fixture {
     }
 }
 
-/// Builds the Rust fixtures for the wasm32 targets.
-pub fn build_fixtures() -> Result<()> {
+/// Builds the Rust fixtures for the wasm32 targets (`big`: also wh-big).
+pub fn build_fixtures(big: bool) -> Result<()> {
     let script = repo_root().join("scripts/build-fixtures.sh");
     let status = Command::new("bash")
         .arg(&script)
+        .args(big.then_some("--big"))
         .status()
         .context("run build-fixtures.sh")?;
     if !status.success() {

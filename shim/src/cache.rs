@@ -46,6 +46,9 @@ pub const DEFAULT_DIR: &str = "/var/lib/wasmhybrid/aot";
 /// Default of [`ENV_CACHE_MAX_SIZE`]: 2 GiB.
 pub const DEFAULT_MAX_SIZE: u64 = 2 << 30;
 
+/// Where checks already done since boot are remembered (tmpfs, root-only).
+pub const MEMO_DIR: &str = "/run/wasmhybrid-aot-memo";
+
 /// Version of the record format.
 const RECORD_FORMAT: u32 = 1;
 /// How many image names a record remembers, for `prune --unreferenced`.
@@ -292,6 +295,36 @@ impl Cache {
         &self.dir
     }
 
+    /// The memo directory of this cache (one per cache root).
+    fn memo_dir(&self) -> PathBuf {
+        let id = sha256_hex(self.root.as_os_str().as_encoded_bytes());
+        Path::new(MEMO_DIR).join(&id[..16])
+    }
+
+    fn code_memo_key(&self, code: &Path, meta: &fs::Metadata) -> String {
+        format!("code {} {}", code.display(), Fingerprint::of(meta))
+    }
+
+    /// A value remembered for `key` since boot, if any.
+    pub fn memo_get(&self, key: &str) -> Option<String> {
+        fs::read_to_string(self.memo_dir().join(sha256_hex(key.as_bytes()))).ok()
+    }
+
+    /// Remembers `value` for `key` until reboot (best effort).
+    pub fn memo_put(&self, key: &str, value: &str) {
+        let dir = self.memo_dir();
+        if fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .is_err()
+            || check_private_dir(Path::new(MEMO_DIR)).is_err()
+        {
+            return;
+        }
+        let _ = write_atomic(&dir.join(sha256_hex(key.as_bytes())), value.as_bytes());
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -361,10 +394,18 @@ impl Cache {
         if meta.uid() != 0 && nix::unistd::geteuid().is_root() {
             return Err(format!("code file is owned by uid {}", meta.uid()));
         }
+        // A full check once per boot and per version of the file: any
+        // write to it changes its fingerprint (size, mtime, ctime; a
+        // replacement, its inode), which brings the full check back.
+        let memo_key = self.code_memo_key(&code, &meta);
+        if self.memo_get(&memo_key).as_deref() == Some(record.code_sha256.as_str()) {
+            return Ok(Entry { code, record });
+        }
         let sha = hash_reader(&mut file).map_err(|e| format!("reading code: {e}"))?;
         if sha != record.code_sha256 {
             return Err("code digest does not match its record (corrupted)".to_string());
         }
+        self.memo_put(&memo_key, &sha);
         Ok(Entry { code, record })
     }
 
@@ -396,6 +437,10 @@ impl Cache {
         };
         let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
         write_atomic(&self.record_path(digest), &json)?;
+        // This process wrote these bytes: their digest is known.
+        if let Ok(meta) = fs::metadata(&code_path) {
+            self.memo_put(&self.code_memo_key(&code_path, &meta), &record.code_sha256);
+        }
         Ok(Entry {
             code: code_path,
             record,
@@ -473,6 +518,38 @@ impl Cache {
                 log::warn!("AOT cache: cannot remove {}: {e}", path.display());
             }
         }
+    }
+}
+
+/// What changes when a file is written to or replaced: inode, size, and
+/// modification and change times to the nanosecond (the ctime cannot be set
+/// from userspace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Fingerprint {
+    pub fn of(m: &fs::Metadata) -> Self {
+        Self {
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        }
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ino={} size={} mtime={} ctime={}",
+            self.ino, self.size, self.mtime_ns, self.ctime_ns
+        )
     }
 }
 

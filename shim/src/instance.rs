@@ -30,7 +30,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use oci_spec::runtime::Spec;
 use tokio::io::unix::AsyncFd;
 
-use crate::cache::{Cache, CacheError, CacheSettings, Compiled, Found, WasmDigest};
+use crate::cache::{Cache, CacheError, CacheSettings, Compiled, Fingerprint, Found, WasmDigest};
 use crate::config::WorkloadConfig;
 use crate::dispatch::{self, DispatchError, WasmForm, WasmSource};
 use crate::engine::{EngineError, WasmEngine, Workload};
@@ -78,43 +78,59 @@ impl Instance for WasmInstance {
             namespace,
             handle: tokio::runtime::Handle::current(),
         };
-        let zygote = Zygote::global().spawn();
+        let mut zygote = Zygote::global().spawn();
         let mut attempt = 0;
-        loop {
-            let ctx = ctx.clone();
-            let spec = spec.clone();
-            let prepared = tokio::task::spawn_blocking(move || prepare(&ctx, &spec))
-                .await
-                .map_err(|e| SandboxError::Others(format!("preparing the container: {e}")))?;
-            match zygote.try_run(executor::load, &prepared.plan) {
-                Ok(Ok(())) => break,
-                Ok(Err(LoadError::Rejected(msg))) if attempt == 0 => {
-                    // Wasmtime's own header checks (version, target,
-                    // settings) refused an entry that passed ours.
-                    log::warn!("AOT cache: {msg}; removing the entry and compiling again");
-                    if let Some((cache, digest)) = &prepared.entry {
-                        cache.remove(digest);
+        let mut build_attempt = 0;
+        'build: loop {
+            loop {
+                let ctx = ctx.clone();
+                let spec = spec.clone();
+                let prepared = tokio::task::spawn_blocking(move || prepare(&ctx, &spec))
+                    .await
+                    .map_err(|e| SandboxError::Others(format!("preparing the container: {e}")))?;
+                match zygote.try_run(executor::load, &prepared.plan) {
+                    Ok(Ok(())) => break,
+                    Ok(Err(LoadError::Rejected(msg))) if attempt == 0 => {
+                        // Wasmtime's own header checks (version, target,
+                        // settings) refused an entry that passed ours.
+                        log::warn!("AOT cache: {msg}; removing the entry and compiling again");
+                        if let Some((cache, digest)) = &prepared.entry {
+                            cache.remove(digest);
+                        }
+                        attempt += 1;
                     }
-                    attempt += 1;
+                    Ok(Err(LoadError::Rejected(msg))) => {
+                        let fail = Plan::Fail {
+                            code: exit::NOT_RUNNABLE,
+                            message: msg,
+                        };
+                        zygote
+                            .try_run(executor::load, &fail)
+                            .map_err(zygote_err)?
+                            .map_err(|e| zygote_err(format!("{e:?}")))?;
+                        break;
+                    }
+                    Err(e) => return Err(zygote_err(e)),
                 }
-                Ok(Err(LoadError::Rejected(msg))) => {
-                    let fail = Plan::Fail {
-                        code: exit::NOT_RUNNABLE,
-                        message: msg,
-                    };
-                    zygote
-                        .try_run(executor::load, &fail)
-                        .map_err(zygote_err)?
-                        .map_err(|e| zygote_err(format!("{e:?}")))?;
-                    break;
+            }
+            let built = zygote
+                .try_run(executor::build, (id.clone(), cfg.clone()))
+                .map_err(zygote_err)?;
+            match built {
+                Ok(()) => break 'build,
+                // youki 0.6 races when its intermediate process is slower
+                // to report than the init process (seen with dozens of
+                // containers created at once on 2 cores): try once more in
+                // a fresh process.
+                Err(e) if build_attempt == 0 && e.contains("unexpected message") => {
+                    log::warn!("container creation raced in libcontainer ({e}); retrying once");
+                    build_attempt += 1;
+                    attempt = 0;
+                    zygote = Zygote::global().spawn();
                 }
-                Err(e) => return Err(zygote_err(e)),
+                Err(e) => return Err(SandboxError::Others(e)),
             }
         }
-        zygote
-            .try_run(executor::build, (id.clone(), cfg.clone()))
-            .map_err(zygote_err)?
-            .map_err(SandboxError::Others)?;
         Ok(Self {
             id,
             exit_code: WaitableCell::new(),
@@ -246,6 +262,7 @@ pub fn open_cache(engine: &WasmEngine) -> Option<Cache> {
 
 /// Decides what the container runs and gets its native code.
 fn prepare(ctx: &Ctx, spec: &Spec) -> Prepared {
+    let started = std::time::Instant::now();
     let process = spec.process().as_ref();
     let args: Vec<String> = process.and_then(|p| p.args().clone()).unwrap_or_default();
     let envs: Vec<String> = process.and_then(|p| p.env().clone()).unwrap_or_default();
@@ -295,8 +312,13 @@ fn prepare(ctx: &Ctx, spec: &Spec) -> Prepared {
         .map(|a| dispatch::parse_entrypoint(a).func)
         .unwrap_or_else(|| dispatch::DEFAULT_FUNC.to_string());
 
-    // The Wasm bytes: read now for a rootfs file (its digest is needed to
-    // find the entry), fetched on a miss only for an OCI layer.
+    let cache = open_cache(engine);
+
+    // The Wasm's digest names its entry. For an OCI layer it is the layer
+    // digest; a rootfs file is hashed, unless this exact file (same inode,
+    // size, mtime and ctime) was hashed since boot. The bytes themselves
+    // are read only when needed (a miss).
+    let rootfs_file: std::cell::RefCell<Option<source::Opened>> = Default::default();
     let (digest, mut bytes, default_arg0, source) = match &source {
         WasmSource::OciLayer { digest, .. } => match WasmDigest::parse(digest) {
             Ok(d) => (d, None, "main.wasm".to_string(), source),
@@ -304,41 +326,72 @@ fn prepare(ctx: &Ctx, spec: &Spec) -> Prepared {
         },
         WasmSource::Rootfs(path) => {
             let entry = path.to_string_lossy();
-            match source::read_entrypoint(&ctx.bundle, spec, &entry, &envs) {
-                Ok(found) => {
-                    // Cheap checks first: not Wasm, an ELF, `#func` on a
-                    // component are reported without touching the cache.
-                    if let Err(e) = dispatch::decide(&args, source.clone(), &found.bytes) {
-                        return fail(exit::NOT_RUNNABLE, e);
-                    }
-                    let source = WasmSource::Rootfs(found.guest_path);
-                    (
-                        WasmDigest::of(&found.bytes),
-                        Some(found.bytes),
-                        path.display().to_string(),
-                        source,
-                    )
-                }
+            let mut opened = match source::open_entrypoint(&ctx.bundle, spec, &entry, &envs) {
+                Ok(o) => o,
                 Err(e @ source::SourceError::NotFound { .. }) => {
                     return fail(exit::NOT_FOUND, e);
                 }
                 Err(e) => return fail(exit::NOT_RUNNABLE, e),
+            };
+            // Cheap checks first: not Wasm, an ELF, `#func` on a component
+            // are reported without touching the cache.
+            let header = match opened.header(8) {
+                Ok(h) => h,
+                Err(e) => return fail(exit::NOT_RUNNABLE, e),
+            };
+            if let Err(e) = dispatch::decide(&args, source.clone(), &header) {
+                return fail(exit::NOT_RUNNABLE, e);
+            }
+            let memo_key = format!(
+                "wasm {} {}",
+                opened.guest_path.display(),
+                Fingerprint::of(&opened.meta)
+            );
+            let source = WasmSource::Rootfs(opened.guest_path.clone());
+            let memo = cache
+                .as_ref()
+                .and_then(|c| c.memo_get(&memo_key))
+                .and_then(|d| WasmDigest::parse(&d).ok());
+            match memo {
+                Some(d) => {
+                    *rootfs_file.borrow_mut() = Some(opened);
+                    (d, None, path.display().to_string(), source)
+                }
+                None => {
+                    let found = match opened.read() {
+                        Ok(f) => f,
+                        Err(e) => return fail(exit::NOT_RUNNABLE, e),
+                    };
+                    let d = WasmDigest::of(&found.bytes);
+                    if let Some(c) = &cache {
+                        c.memo_put(&memo_key, d.as_str());
+                    }
+                    (d, Some(found.bytes), path.display().to_string(), source)
+                }
             }
         }
     };
 
     let fetch = || -> Result<Vec<u8>, CompileError> {
-        let b = ctx
-            .handle
-            .block_on(image::read_blob(
-                &ctx.address,
-                &ctx.namespace,
-                digest.as_str(),
-            ))
-            .map_err(|e| CompileError::Fetch(e.to_string()))?;
+        let b = match rootfs_file.borrow_mut().take() {
+            Some(opened) => {
+                opened
+                    .read()
+                    .map_err(|e| CompileError::Fetch(e.to_string()))?
+                    .bytes
+            }
+            None => ctx
+                .handle
+                .block_on(image::read_blob(
+                    &ctx.address,
+                    &ctx.namespace,
+                    digest.as_str(),
+                ))
+                .map_err(|e| CompileError::Fetch(e.to_string()))?,
+        };
         if WasmDigest::of(&b) != digest {
             return Err(CompileError::Fetch(format!(
-                "layer {digest} read from containerd does not match its digest"
+                "{source} does not match its digest {digest}"
             )));
         }
         Ok(b)
@@ -352,7 +405,7 @@ fn prepare(ctx: &Ctx, spec: &Spec) -> Prepared {
         reason: format!("Wasm {form} from {source}, calling {func}"),
     };
 
-    let Some(cache) = open_cache(engine) else {
+    let Some(cache) = cache else {
         let bytes = match bytes.take().map(Ok).unwrap_or_else(fetch) {
             Ok(b) => b,
             Err(e) => return fail(exit::NOT_RUNNABLE, e),
@@ -381,14 +434,18 @@ fn prepare(ctx: &Ctx, spec: &Spec) -> Prepared {
             wasm_size: bytes.len() as u64,
         })
     };
+    let looked_up = std::time::Instant::now();
     match cache.get_or_compile(&digest, image.as_deref(), compile) {
         Ok((entry, found)) => {
             let kind = entry.record.kind;
             match found {
                 Found::Hit => log::info!(
-                    "AOT cache hit: {digest} ({}, {} bytes of code)",
+                    "AOT cache hit: {digest} ({}, {} bytes of code, checked in {:.1} ms; \
+                     entrypoint read and hashed in {:.1} ms)",
                     kind.describe(),
-                    entry.record.code_size
+                    entry.record.code_size,
+                    looked_up.elapsed().as_secs_f64() * 1e3,
+                    (looked_up - started).as_secs_f64() * 1e3,
                 ),
                 Found::Compiled(ms) => log::info!(
                     "AOT cache miss: {digest} compiled ({}, {} bytes of Wasm) in {ms:.1} ms",

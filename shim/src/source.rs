@@ -15,12 +15,59 @@ use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-/// The entrypoint file, found.
+/// The entrypoint file, found and read.
 #[derive(Debug)]
 pub struct Found {
     /// The path as the container sees it.
     pub guest_path: PathBuf,
     pub bytes: Vec<u8>,
+}
+
+/// The entrypoint file, found and open.
+#[derive(Debug)]
+pub struct Opened {
+    /// The path as the container sees it.
+    pub guest_path: PathBuf,
+    pub file: File,
+    pub meta: std::fs::Metadata,
+}
+
+impl Opened {
+    /// Reads the whole file.
+    pub fn read(mut self) -> Result<Found, SourceError> {
+        let mut bytes = Vec::with_capacity(self.meta.len() as usize);
+        self.file
+            .read_to_end(&mut bytes)
+            .map_err(|source| SourceError::Read {
+                path: self.guest_path.clone(),
+                source,
+            })?;
+        Ok(Found {
+            guest_path: self.guest_path,
+            bytes,
+        })
+    }
+
+    /// Reads the first `n` bytes (fewer if the file is shorter).
+    pub fn header(&mut self, n: usize) -> Result<Vec<u8>, SourceError> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match self.file.read_at(&mut buf[got..], got as u64) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(source) => {
+                    return Err(SourceError::Read {
+                        path: self.guest_path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
 }
 
 /// Why the entrypoint could not be read.
@@ -38,14 +85,24 @@ pub enum SourceError {
     },
 }
 
-/// Finds `entry` (argv[0] without `#func`) like a shell would inside the
-/// container (absolute, relative to the cwd, or in `PATH`) and reads it.
+/// [`open_entrypoint`], then reads the file.
 pub fn read_entrypoint(
     bundle: &Path,
     spec: &Spec,
     entry: &str,
     envs: &[String],
 ) -> Result<Found, SourceError> {
+    open_entrypoint(bundle, spec, entry, envs)?.read()
+}
+
+/// Finds `entry` (argv[0] without `#func`) like a shell would inside the
+/// container (absolute, relative to the cwd, or in `PATH`) and opens it.
+pub fn open_entrypoint(
+    bundle: &Path,
+    spec: &Spec,
+    entry: &str,
+    envs: &[String],
+) -> Result<Opened, SourceError> {
     let rootfs = spec
         .root()
         .as_ref()
@@ -99,20 +156,19 @@ pub fn read_entrypoint(
     let mut last_err = None;
     for guest in &candidates {
         match open_in_container(&rootfs, &mounts, guest) {
-            Ok(mut file) => {
-                if file.metadata().is_ok_and(|m| !m.is_file()) {
+            Ok(file) => {
+                let meta = file.metadata().map_err(|source| SourceError::Read {
+                    path: guest.clone(),
+                    source,
+                })?;
+                if !meta.is_file() {
                     last_err = Some(std::io::Error::other("not a regular file"));
                     continue;
                 }
-                let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes)
-                    .map_err(|source| SourceError::Read {
-                        path: guest.clone(),
-                        source,
-                    })?;
-                return Ok(Found {
+                return Ok(Opened {
                     guest_path: guest.clone(),
-                    bytes,
+                    file,
+                    meta,
                 });
             }
             Err(e) => last_err = Some(e),

@@ -238,7 +238,7 @@ impl WasmEngine {
             }
         }
         .map_err(err)?;
-        log::debug!(
+        log::info!(
             "mapped precompiled {} in {:.2} ms",
             kind.describe(),
             started.elapsed().as_secs_f64() * 1e3
