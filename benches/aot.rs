@@ -271,10 +271,7 @@ async fn main() -> Result<()> {
             println!("{}: {}", m.name, line.split("msg=").nth(1).unwrap_or(line));
         }
     }
-    if let Some(line) = log
-        .lines()
-        .rfind(|l| l.contains("mapped precompiled"))
-    {
+    if let Some(line) = log.lines().rfind(|l| l.contains("mapped precompiled")) {
         println!("{}", line.split("msg=").nth(1).unwrap_or(line));
     }
     Ok(())
