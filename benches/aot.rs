@@ -14,10 +14,13 @@
 //!
 //! Run with `bash benches/run.sh aot` (release build).
 
+#[path = "common.rs"]
+mod common;
+
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
+use common::{iterations, median, ms, percentile, release_shim_dir};
 use sha2::{Digest, Sha256};
 use wasmhybrid_harness::client::{Ctrd, Phases, RunOpts, WASMHYBRID_RUNTIME};
 use wasmhybrid_harness::daemon::{DaemonOptions, PrivateContainerd};
@@ -26,28 +29,6 @@ use wasmhybrid_harness::image::ImageSpec;
 
 const WARMUP: usize = 3;
 const MAX_RATIO: f64 = 1.1;
-
-fn iterations() -> usize {
-    std::env::var("WASMHYBRID_BENCH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    percentile(&s, 0.5)
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Cond {
@@ -123,11 +104,7 @@ async fn once(ctrd: &Ctrd, aot: &Path, m: &Module, cond: Cond, n: usize) -> Resu
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let shim_dir = repo_root().join("target/release");
-    anyhow::ensure!(
-        shim_dir.join("containerd-shim-wasmhybrid-v1").is_file(),
-        "build the shim first: cargo build --release -p wasmhybrid-shim"
-    );
+    let shim_dir = release_shim_dir()?;
     let mut daemon = PrivateContainerd::start(DaemonOptions {
         shim_dir,
         ..Default::default()
@@ -186,7 +163,7 @@ async fn main() -> Result<()> {
             })
         })
         .collect();
-    let n = iterations();
+    let n = iterations(20);
     for i in 0..n {
         for m in &modules {
             // Rotate the order so that drift and page-cache state hit all

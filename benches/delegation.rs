@@ -7,9 +7,13 @@
 //! `Tasks.Start` -> exited -> task, snapshot and container deleted.
 //! Run with `bash benches/run.sh delegation` (release build).
 
+#[path = "common.rs"]
+mod common;
+
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use common::{iterations, median, ms, percentile, release_shim_dir};
 use wasmhybrid_harness::client::{Ctrd, Phases, RUNC_RUNTIME, RunOpts, WASMHYBRID_RUNTIME};
 use wasmhybrid_harness::daemon::{DaemonOptions, PrivateContainerd};
 use wasmhybrid_harness::fixtures::{import_image, repo_root};
@@ -19,22 +23,6 @@ const IMAGE: &str = "localhost/bench/busybox:latest";
 const WARMUP: usize = 5;
 /// Goal from the issue: the delegated median within 5% of runc's.
 const MAX_RATIO: f64 = 1.05;
-
-fn iterations() -> usize {
-    std::env::var("WASMHYBRID_BENCH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
 
 struct Series {
     name: &'static str,
@@ -49,12 +37,10 @@ impl Series {
         v
     }
     fn median(&self) -> f64 {
-        percentile(&self.sorted(), 0.5)
+        median(&self.totals)
     }
     fn phase_median(&self, f: impl Fn(&Phases) -> Duration) -> f64 {
-        let mut v: Vec<f64> = self.phases.iter().map(|p| ms(f(p))).collect();
-        v.sort_by(f64::total_cmp);
-        percentile(&v, 0.5)
+        median(&self.phases.iter().map(|p| ms(f(p))).collect::<Vec<_>>())
     }
 }
 
@@ -72,11 +58,7 @@ async fn once(ctrd: &Ctrd, runtime: &str, n: usize) -> Result<Phases> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let shim_dir = repo_root().join("target/release");
-    anyhow::ensure!(
-        shim_dir.join("containerd-shim-wasmhybrid-v1").is_file(),
-        "build the shim first: cargo build --release -p wasmhybrid-shim"
-    );
+    let shim_dir = release_shim_dir()?;
     let mut daemon = PrivateContainerd::start(DaemonOptions {
         shim_dir,
         ..Default::default()
@@ -99,7 +81,7 @@ async fn main() -> Result<()> {
         totals: vec![],
         phases: vec![],
     };
-    let n = iterations();
+    let n = iterations(60);
     for i in 0..n {
         // Alternate which goes first so that drift hits both alike.
         let order = if i % 2 == 0 {

@@ -441,7 +441,7 @@ fn prepare(ctx: &Ctx, spec: &Spec) -> Prepared {
             match found {
                 Found::Hit => log::info!(
                     "AOT cache hit: {digest} ({}, {} bytes of code, checked in {:.1} ms; \
-                     entrypoint read and hashed in {:.1} ms)",
+                     entrypoint resolved in {:.1} ms)",
                     kind.describe(),
                     entry.record.code_size,
                     looked_up.elapsed().as_secs_f64() * 1e3,

@@ -85,16 +85,6 @@ pub enum SourceError {
     },
 }
 
-/// [`open_entrypoint`], then reads the file.
-pub fn read_entrypoint(
-    bundle: &Path,
-    spec: &Spec,
-    entry: &str,
-    envs: &[String],
-) -> Result<Found, SourceError> {
-    open_entrypoint(bundle, spec, entry, envs)?.read()
-}
-
 /// Finds `entry` (argv[0] without `#func`) like a shell would inside the
 /// container (absolute, relative to the cwd, or in `PATH`) and opens it.
 pub fn open_entrypoint(
@@ -260,6 +250,15 @@ fn openat2_in_root(dir: &File, rel: &Path) -> std::io::Result<File> {
 mod tests {
     use super::*;
     use oci_spec::runtime::{MountBuilder, ProcessBuilder, RootBuilder, SpecBuilder};
+
+    fn read_entrypoint(
+        bundle: &Path,
+        spec: &Spec,
+        entry: &str,
+        envs: &[String],
+    ) -> Result<Found, SourceError> {
+        open_entrypoint(bundle, spec, entry, envs)?.read()
+    }
 
     fn spec(mounts: Vec<oci_spec::runtime::Mount>) -> Spec {
         SpecBuilder::default()
