@@ -208,6 +208,10 @@ pub struct Record {
     /// Images (`namespace/name`) this module was started from.
     #[serde(default)]
     pub images: Vec<String>,
+    /// Where code not compiled on this node came from: `bundle sha256:...`
+    /// (the digest of the imported bundle's manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// A verified entry, ready to load.
@@ -417,6 +421,30 @@ impl Cache {
         compile_ms: f64,
         image: Option<&str>,
     ) -> Result<Entry, CacheError> {
+        let images = image.map(|i| vec![i.to_string()]).unwrap_or_default();
+        self.write_entry(digest, compiled, compile_ms, images, None)
+    }
+
+    /// Stores code compiled elsewhere (a bundle the operator imports), with
+    /// its origin in the record. The caller has verified its digest.
+    pub fn import(
+        &self,
+        digest: &WasmDigest,
+        compiled: &Compiled,
+        images: Vec<String>,
+        origin: &str,
+    ) -> Result<Entry, CacheError> {
+        self.write_entry(digest, compiled, 0.0, images, Some(origin.to_string()))
+    }
+
+    fn write_entry(
+        &self,
+        digest: &WasmDigest,
+        compiled: &Compiled,
+        compile_ms: f64,
+        images: Vec<String>,
+        origin: Option<String>,
+    ) -> Result<Entry, CacheError> {
         let code_path = self.code_path(digest);
         write_atomic(&code_path, &compiled.code)?;
         let record = Record {
@@ -433,7 +461,8 @@ impl Cache {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            images: image.map(|i| vec![i.to_string()]).unwrap_or_default(),
+            images,
+            origin,
         };
         let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
         write_atomic(&self.record_path(digest), &json)?;
@@ -636,6 +665,9 @@ pub struct Listed {
     /// Whether the record could be read (a code file without one is an
     /// interrupted write, collected by `prune`).
     pub complete: bool,
+    /// `bundle sha256:...` for imported code; absent if compiled here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// Every entry under `root`, all targets and engine keys.
@@ -685,6 +717,7 @@ pub fn list(root: &Path) -> Result<Vec<Listed>, CacheError> {
                         .map(|r| r.images.clone())
                         .unwrap_or_default(),
                     complete: record.is_some(),
+                    origin: record.as_ref().and_then(|r| r.origin.clone()),
                 });
             }
         }

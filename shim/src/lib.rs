@@ -8,7 +8,8 @@
 //!
 //! - [`cli`] handles containerd's `start`/`delete` actions: [`dispatch`]
 //!   routes each container to Wasmtime or to runc ([`runc`]), using the
-//!   image metadata read by [`image`]; `wasmhybrid cache ...` is [`tool`];
+//!   image metadata read by [`image`]; `wasmhybrid cache ...` is [`tool`],
+//!   and the AOT bundles it writes and imports are [`bundle`];
 //! - [`instance`] is the daemon's side of a Wasm container: it decides what
 //!   to run, reads the entrypoint ([`source`]) and gets native code from
 //!   the AOT [`cache`] on the host, before the container exists;
@@ -23,6 +24,7 @@
 //! - [`config`] parses the few knobs a workload can set;
 //! - [`signals`] gives the Wasm process container-like signal semantics.
 
+pub mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -4,6 +4,9 @@
 //!
 //! - `warm`: precompile one image, or every Wasm image of some containerd
 //!   namespaces, into this node's cache (what node-setup runs);
+//! - `bundle`: precompile images or files for a target triple (another
+//!   architecture too) into a bundle, and `import`: check a bundle and put
+//!   its code into this node's cache ([`crate::bundle`]);
 //! - `list`: entries, their architecture, size and last use;
 //! - `prune`: evict to a size, drop entries of other shim or Wasmtime
 //!   versions, or entries whose images are gone from containerd.
@@ -14,8 +17,9 @@ use std::time::{Instant, SystemTime};
 
 use clap::{Parser, Subcommand};
 
+use crate::bundle::{self, BundleError, Manifest, ManifestEntry};
 use crate::cache::{self, Cache, CacheError, CacheSettings, Compiled, Found, WasmDigest};
-use crate::dispatch::{self, Runtime};
+use crate::dispatch::{self, Runtime, WasmForm};
 use crate::engine::{EngineError, TARGET, WasmEngine};
 use crate::image::{self, ImageDetail};
 use crate::source::normalize;
@@ -69,6 +73,35 @@ enum CacheCmd {
         /// Image names; none: all images of the namespaces.
         images: Vec<String>,
     },
+    /// Precompile images (or .wasm files) for a target triple into a bundle
+    /// that nodes of that architecture can import.
+    Bundle {
+        /// Target triple, e.g. aarch64-unknown-linux-gnu or x86_64-unknown-linux-gnu.
+        #[arg(long, default_value = TARGET)]
+        target: String,
+        /// The bundle file to write.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+        /// A .wasm file to include (repeat for several).
+        #[arg(long = "wasm")]
+        wasm: Vec<PathBuf>,
+        #[command(flatten)]
+        containerd: ContainerdOpts,
+        /// Image names; none (and no --wasm): all images of the namespaces.
+        images: Vec<String>,
+    },
+    /// Check a bundle (every digest, and its key against this node's
+    /// engine) and add its code to this node's cache.
+    Import {
+        #[command(flatten)]
+        cache: CacheOpts,
+        /// The manifest digest printed by `bundle`; the import is refused
+        /// if the bundle's manifest differs.
+        #[arg(long = "manifest-sha256")]
+        manifest_sha256: Option<String>,
+        /// The bundle file.
+        bundle: PathBuf,
+    },
     /// List entries (all architectures and versions in the directory).
     List {
         #[command(flatten)]
@@ -105,6 +138,8 @@ enum ToolError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Image(#[from] image::ImageError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
     #[error("{0}")]
     Other(String),
 }
@@ -168,6 +203,18 @@ async fn run(cmd: CacheCmd) -> Result<i32, ToolError> {
             containerd,
             images,
         } => warm(&settings(&cache)?, &containerd, &images).await,
+        CacheCmd::Bundle {
+            target,
+            output,
+            wasm,
+            containerd,
+            images,
+        } => make_bundle(&target, &output, &wasm, &containerd, &images).await,
+        CacheCmd::Import {
+            cache,
+            manifest_sha256,
+            bundle,
+        } => import(&settings(&cache)?, &bundle, manifest_sha256.as_deref()),
         CacheCmd::Prune {
             cache,
             max_size,
@@ -366,17 +413,27 @@ async fn warm(
                 )
             }
         };
-        if tty {
-            eprint!("\r\x1b[2K");
-        }
-        println!("{line}");
+        print_line(tty, &line);
     }
+    progress_done(tty, total);
+    println!("{done} images warmed, {failed} failed, of {total}");
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// Prints a result line (over the progress bar on a terminal).
+fn print_line(tty: bool, line: &str) {
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    println!("{line}");
+}
+
+/// Shows the full bar and ends its line.
+fn progress_done(tty: bool, total: usize) {
     progress(tty, total, total, "");
     if tty {
         eprintln!();
     }
-    println!("{done} images warmed, {failed} failed, of {total}");
-    Ok(if failed > 0 { 1 } else { 0 })
 }
 
 /// A one-line progress bar on a terminal; nothing otherwise.
@@ -394,20 +451,19 @@ fn progress(tty: bool, i: usize, total: usize, name: &str) {
     let _ = std::io::stderr().flush();
 }
 
-async fn warm_one(
-    engine: &WasmEngine,
-    cache: &Cache,
-    address: &str,
-    ns: &str,
-    d: &ImageDetail,
-) -> Result<Warmed, ToolError> {
+/// The Wasm an image runs, or why it has none.
+enum ImageWasm {
+    Wasm { bytes: Vec<u8>, form: WasmForm },
+    Runc(String),
+}
+
+/// Reads the Wasm that a start of the image would run, from containerd's
+/// content store (no unpacking, nothing run).
+async fn image_wasm(address: &str, ns: &str, d: &ImageDetail) -> Result<ImageWasm, ToolError> {
     let route = dispatch::route(&Default::default(), Some(&d.meta))
         .map_err(|e| ToolError::Other(e.to_string()))?;
     if route.runtime == Runtime::Runc {
-        return Ok(Warmed::Skipped(format!(
-            "runs under runc ({})",
-            route.reason
-        )));
+        return Ok(ImageWasm::Runc(route.reason.to_string()));
     }
     let source = dispatch::choose_source(&d.args, &d.meta.wasm_layers)
         .map_err(|e| ToolError::Other(e.to_string()))?;
@@ -425,10 +481,29 @@ async fn warm_one(
     };
     let decision =
         dispatch::decide(&d.args, source, &bytes).map_err(|e| ToolError::Other(e.to_string()))?;
+    Ok(ImageWasm::Wasm {
+        bytes,
+        form: decision.form,
+    })
+}
+
+async fn warm_one(
+    engine: &WasmEngine,
+    cache: &Cache,
+    address: &str,
+    ns: &str,
+    d: &ImageDetail,
+) -> Result<Warmed, ToolError> {
+    let (bytes, form) = match image_wasm(address, ns, d).await? {
+        ImageWasm::Wasm { bytes, form } => (bytes, form),
+        ImageWasm::Runc(reason) => {
+            return Ok(Warmed::Skipped(format!("runs under runc ({reason})")));
+        }
+    };
     let digest = WasmDigest::of(&bytes);
     let image = format!("{ns}/{}", d.meta.name);
     let (_, found) = cache.get_or_compile(&digest, Some(&image), || {
-        let (kind, code) = engine.precompile(&bytes, decision.form)?;
+        let (kind, code) = engine.precompile(&bytes, form)?;
         Ok::<_, ToolError>(Compiled {
             kind,
             code,
@@ -439,6 +514,186 @@ async fn warm_one(
         Found::Hit | Found::CompiledElsewhere => Warmed::Hit(digest),
         Found::Compiled(ms) => Warmed::Compiled(digest, ms),
     })
+}
+
+/// `cache bundle`: precompiles for `target` and writes the bundle.
+async fn make_bundle(
+    target: &str,
+    output: &Path,
+    files: &[PathBuf],
+    ctrd: &ContainerdOpts,
+    names: &[String],
+) -> Result<i32, ToolError> {
+    let engine = WasmEngine::for_target(target)?;
+    // (name, Wasm) to compile, deduplicated by digest below.
+    let mut work: Vec<(String, Result<ImageWasm, ToolError>)> = Vec::new();
+    for path in files {
+        let wasm = std::fs::read(path)
+            .map_err(|e| ToolError::Other(format!("{}: {e}", path.display())))
+            .and_then(|bytes| {
+                let form = dispatch::sniff(&bytes)
+                    .map_err(|e| ToolError::Other(format!("{}: {e}", path.display())))?;
+                Ok(ImageWasm::Wasm { bytes, form })
+            });
+        work.push((path.display().to_string(), wasm));
+    }
+    if !names.is_empty() || files.is_empty() {
+        for ns in &ctrd.namespaces {
+            for (name, detail) in image::describe_images(&ctrd.address, ns, names).await? {
+                let wasm = match detail {
+                    Ok(d) => image_wasm(&ctrd.address, ns, &d).await,
+                    Err(e) => Err(e.into()),
+                };
+                work.push((format!("{ns}/{name}"), wasm));
+            }
+        }
+    }
+    let total = work.len();
+    let tty = std::io::stderr().is_terminal();
+    let mut entries: Vec<ManifestEntry> = Vec::new();
+    let mut code: Vec<Vec<u8>> = Vec::new();
+    let mut failed = 0;
+    for (i, (name, wasm)) in work.into_iter().enumerate() {
+        progress(tty, i, total, &name);
+        let line = match wasm {
+            Ok(ImageWasm::Runc(reason)) => {
+                format!("skipped     {name}: runs under runc ({reason})")
+            }
+            Err(e) => {
+                failed += 1;
+                format!("failed      {name}: {e}")
+            }
+            Ok(ImageWasm::Wasm { bytes, form }) => {
+                let digest = WasmDigest::of(&bytes);
+                if let Some(e) = entries
+                    .iter_mut()
+                    .find(|e| e.wasm_digest == digest.as_str())
+                {
+                    e.images.push(name.clone());
+                    format!("same code   {name} ({digest})")
+                } else {
+                    let started = Instant::now();
+                    match engine.precompile_for_target(&bytes, form) {
+                        Ok((kind, native)) => {
+                            entries.push(ManifestEntry {
+                                wasm_digest: digest.to_string(),
+                                wasm_size: bytes.len() as u64,
+                                kind,
+                                code_sha256: cache::sha256_hex(&native),
+                                code_size: native.len() as u64,
+                                images: vec![name.clone()],
+                            });
+                            code.push(native);
+                            format!(
+                                "compiled    {name} ({digest}) for {target} in {:.0} ms",
+                                started.elapsed().as_secs_f64() * 1e3
+                            )
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            format!("failed      {name}: {e}")
+                        }
+                    }
+                }
+            }
+        };
+        print_line(tty, &line);
+    }
+    progress_done(tty, total);
+    if failed > 0 {
+        println!("{failed} of {total} failed; no bundle written");
+        return Ok(1);
+    }
+    let manifest = Manifest {
+        format: bundle::FORMAT,
+        target: target.to_string(),
+        engine: engine.cache_key(),
+        shim_version: env!("CARGO_PKG_VERSION").to_string(),
+        created: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        entries,
+    };
+    // Written beside the output and renamed: a bundle is whole or absent.
+    let tmp = output.with_extension("wasmhybrid-tmp");
+    let file = std::fs::File::create(&tmp)
+        .map_err(|e| ToolError::Other(format!("{}: {e}", tmp.display())))?;
+    let sha = bundle::write(std::io::BufWriter::new(file), &manifest, &code).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    std::fs::rename(&tmp, output)
+        .map_err(|e| ToolError::Other(format!("{}: {e}", output.display())))?;
+    println!(
+        "wrote {}: {} modules for {target} (engine {}), manifest sha256:{sha}",
+        output.display(),
+        manifest.entries.len(),
+        manifest.engine
+    );
+    println!(
+        "import on each {target} node with: wasmhybrid cache import --manifest-sha256 {sha} {}",
+        output.display()
+    );
+    Ok(0)
+}
+
+/// `cache import`: checks the whole bundle, then files its code in this
+/// node's cache and checks that this node's Wasmtime accepts each entry.
+fn import(
+    settings: &CacheSettings,
+    path: &Path,
+    manifest_sha256: Option<&str>,
+) -> Result<i32, ToolError> {
+    let bundle = bundle::read(path, manifest_sha256)?;
+    let node_key = WasmEngine::for_target(TARGET)?.cache_key();
+    bundle::check_key(&bundle.manifest, TARGET, &node_key)?;
+    if manifest_sha256.is_none() {
+        println!(
+            "note: no --manifest-sha256 given; importing a bundle whose manifest is sha256:{}",
+            bundle.manifest_sha256
+        );
+    }
+    let engine = WasmEngine::new()?;
+    let cache = Cache::open(settings, TARGET, &engine.cache_key())?;
+    let origin = format!("bundle sha256:{}", bundle.manifest_sha256);
+    let (mut imported, mut present, mut rejected) = (0, 0, 0);
+    for (entry, code) in bundle.manifest.entries.iter().zip(bundle.code) {
+        let digest = WasmDigest::parse(&entry.wasm_digest)?;
+        if cache.lookup(&digest)?.is_some() {
+            println!("cached      {digest}: this node already has code for it");
+            present += 1;
+            continue;
+        }
+        let compiled = Compiled {
+            kind: entry.kind,
+            code,
+            wasm_size: entry.wasm_size,
+        };
+        let stored = cache.import(&digest, &compiled, entry.images.clone(), &origin)?;
+        // Wasmtime checks the code's target, settings and CPU features
+        // against this host; code it refuses is not kept.
+        match engine.load_precompiled(&stored.code, entry.kind) {
+            Ok(_) => {
+                println!(
+                    "imported    {digest} ({}, {})",
+                    entry.kind.describe(),
+                    human(entry.code_size)
+                );
+                imported += 1;
+            }
+            Err(e) => {
+                cache.remove(&digest);
+                println!("rejected    {digest}: {e}");
+                rejected += 1;
+            }
+        }
+    }
+    println!(
+        "{imported} imported, {present} already cached, {rejected} rejected, of {} in {}",
+        bundle.manifest.entries.len(),
+        path.display()
+    );
+    Ok(if rejected > 0 { 1 } else { 0 })
 }
 
 /// Reads the entrypoint file out of the image's layers (no unpacking):

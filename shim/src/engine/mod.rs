@@ -179,6 +179,43 @@ impl WasmEngine {
         Ok(Self { engine })
     }
 
+    /// An engine that compiles for `target` (e.g. `aarch64-unknown-linux-gnu`)
+    /// with that architecture's baseline CPU features and otherwise the
+    /// shim's settings. Its code runs on any CPU of the architecture; it is
+    /// what bundles hold (`wasmhybrid cache bundle`). Its [`Self::cache_key`]
+    /// is the same on every machine, which is how a node checks a bundle.
+    pub fn for_target(target: &str) -> Result<Self, EngineError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.target(target).map_err(EngineError::Setup)?;
+        let engine = Engine::new(&config).map_err(EngineError::Setup)?;
+        Ok(Self { engine })
+    }
+
+    /// Compiles `bytes` for this engine's target without loading the code
+    /// (which may be for another architecture). Components are classified
+    /// by their exports.
+    pub fn precompile_for_target(
+        &self,
+        bytes: &[u8],
+        form: WasmForm,
+    ) -> Result<(Workload, Vec<u8>), EngineError> {
+        let compile = |source| EngineError::Compile { form, source };
+        match form {
+            WasmForm::CoreModule => Ok((
+                Workload::Module,
+                self.engine.precompile_module(bytes).map_err(compile)?,
+            )),
+            WasmForm::Component => {
+                let kind = classify_exports(bytes)?;
+                Ok((
+                    kind,
+                    self.engine.precompile_component(bytes).map_err(compile)?,
+                ))
+            }
+        }
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -275,19 +312,54 @@ impl WasmEngine {
             .exports(&self.engine)
             .map(|(n, _)| n.to_string())
             .collect();
-        if exports.iter().any(|n| n.starts_with(HTTP_HANDLER_EXPORT)) {
-            Ok(Loaded::HttpProxy(component))
-        } else if exports.iter().any(|n| n.starts_with(CLI_RUN_EXPORT)) {
-            Ok(Loaded::Command(component))
-        } else {
-            Err(EngineError::UnknownWorld {
-                exports: if exports.is_empty() {
-                    "none".to_string()
-                } else {
-                    exports.join(", ")
-                },
-            })
+        Ok(match world_of(&exports)? {
+            Workload::HttpProxy => Loaded::HttpProxy(component),
+            _ => Loaded::Command(component),
+        })
+    }
+}
+
+/// A component's world, read from the names of its top-level exports
+/// (what [`WasmEngine::load`] learns from the compiled component's type).
+fn classify_exports(bytes: &[u8]) -> Result<Workload, EngineError> {
+    use wasmtime::wasmparser::{Parser, Payload};
+    let invalid = |e: wasmtime::wasmparser::BinaryReaderError| EngineError::Compile {
+        form: WasmForm::Component,
+        source: wasmtime::Error::new(e),
+    };
+    let mut exports = Vec::new();
+    // Nested modules and components are flattened by `parse_all`; only
+    // the outermost component's exports count.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(invalid)? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentExportSection(section) if depth == 0 => {
+                for export in section {
+                    exports.push(export.map_err(invalid)?.name.name.to_string());
+                }
+            }
+            _ => {}
         }
+    }
+    world_of(&exports)
+}
+
+/// The kind of component whose top-level exports are `exports`.
+fn world_of(exports: &[String]) -> Result<Workload, EngineError> {
+    if exports.iter().any(|n| n.starts_with(HTTP_HANDLER_EXPORT)) {
+        Ok(Workload::HttpProxy)
+    } else if exports.iter().any(|n| n.starts_with(CLI_RUN_EXPORT)) {
+        Ok(Workload::Command)
+    } else {
+        Err(EngineError::UnknownWorld {
+            exports: if exports.is_empty() {
+                "none".to_string()
+            } else {
+                exports.join(", ")
+            },
+        })
     }
 }
 
@@ -364,6 +436,68 @@ mod tests {
             .expect("rejected");
         assert!(matches!(err, EngineError::UnknownWorld { .. }), "{err}");
         assert!(err.to_string().contains("exports: none"), "{err}");
+    }
+
+    #[test]
+    fn exports_classify_components_as_compiling_them_does() {
+        let engine = WasmEngine::new().expect("engine");
+        let command = wat::parse_str(
+            r#"(component
+                (core module $m (func (export "run") (result i32) i32.const 0))
+                (core instance $i (instantiate $m))
+                (func $run (result (result)) (canon lift (core func $i "run")))
+                (instance $inst (export "run" (func $run)))
+                (component $inner
+                    (import "x" (instance $x (export "run" (func (result (result))))))
+                    (export "wasi:http/incoming-handler@0.2.0" (instance $x)))
+                (export "wasi:cli/run@0.2.0" (instance $inst)))"#,
+        )
+        .expect("wat");
+        let compiled = engine.load(&command, WasmForm::Component).expect("compile");
+        assert_eq!(compiled.workload(), Workload::Command);
+        assert_eq!(
+            classify_exports(&command).expect("classify"),
+            Workload::Command,
+            "a nested component's exports do not count"
+        );
+        let none = wat::parse_str("(component)").expect("wat");
+        assert!(matches!(
+            classify_exports(&none),
+            Err(EngineError::UnknownWorld { .. })
+        ));
+    }
+
+    #[test]
+    fn code_for_another_architecture_is_compiled_not_loaded() {
+        let other = if TARGET.starts_with("x86_64") {
+            "aarch64-unknown-linux-gnu"
+        } else {
+            "x86_64-unknown-linux-gnu"
+        };
+        let engine = WasmEngine::for_target(other).expect("engine");
+        let (kind, code) = engine
+            .precompile_for_target(&wat::parse_str(EXIT_42).expect("wat"), WasmForm::CoreModule)
+            .expect("precompile");
+        assert_eq!(kind, Workload::Module);
+        // An ELF object for the other machine (EM_AARCH64 183, EM_X86_64 62).
+        let machine = u16::from_le_bytes([code[18], code[19]]);
+        assert_eq!(
+            machine,
+            if other.starts_with("aarch64") {
+                183
+            } else {
+                62
+            }
+        );
+        // The baseline key is the same for every engine made for a target.
+        assert_eq!(
+            engine.cache_key(),
+            WasmEngine::for_target(other).expect("engine").cache_key()
+        );
+        assert_ne!(
+            engine.cache_key(),
+            WasmEngine::new().expect("engine").cache_key()
+        );
     }
 
     #[test]

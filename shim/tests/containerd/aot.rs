@@ -1,7 +1,8 @@
 //! The AOT cache under containerd: warm starts map code for both image
 //! shapes, damaged entries are rebuilt, concurrent starts compile once,
 //! precompiled bytes from an image are never loaded, and an unusable cache
-//! only costs a compile.
+//! only costs a compile; bundles for other architectures import only when
+//! verified.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -400,4 +401,177 @@ async fn cache_tool_warms_lists_and_prunes() {
     let (code, _, err) = tool(&env, &["prune", "--max-size", "lots"]);
     assert_eq!(code, 1);
     assert!(err.contains("--max-size"), "{err}");
+}
+
+/// Reads a bundle tar into (name, bytes) members.
+fn tar_members(path: &Path) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(std::fs::File::open(path).expect("open bundle"));
+    let mut out = Vec::new();
+    for m in archive.entries().expect("entries") {
+        let mut m = m.expect("member");
+        let name = m.path().expect("path").to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        m.read_to_end(&mut bytes).expect("read");
+        out.push((name, bytes));
+    }
+    out
+}
+
+fn write_tar(path: &Path, members: &[(String, Vec<u8>)]) {
+    let mut tar = tar::Builder::new(std::fs::File::create(path).expect("create"));
+    for (name, bytes) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o600);
+        tar.append_data(&mut h, name, bytes.as_slice())
+            .expect("append");
+    }
+    tar.finish().expect("finish");
+}
+
+fn listed(env: &TestEnv) -> Vec<serde_json::Value> {
+    let (code, out, err) = tool(env, &["list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_compile_for_any_architecture_and_import_only_when_verified() {
+    let env = TestEnv::new("aot-bundle").await;
+    env.import_cmd_images();
+    let work = tempfile::tempdir().expect("tempdir");
+    let http = work.path().join("http.wasm");
+    std::fs::write(&http, bytes(Fixture::Http)).expect("write");
+    let address = env.daemon.address().display().to_string();
+    let ctrd = [
+        "--address",
+        address.as_str(),
+        "--namespace",
+        env.ns.as_str(),
+    ];
+    let path = |n: &str| work.path().join(n).display().to_string();
+
+    // A bundle for AArch64, built on this machine: both images and a file.
+    let other = if TARGET.starts_with("x86_64") {
+        "aarch64-unknown-linux-gnu"
+    } else {
+        "x86_64-unknown-linux-gnu"
+    };
+    let (code, out, err) = tool(
+        &env,
+        &[
+            &["bundle", "--target", other, "-o", &path("other.tar")][..],
+            &["--wasm", &http.display().to_string()],
+            &ctrd,
+            &[P1_ROOTFS, crate::common::P2_ROOTFS],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.matches("compiled    ").count(), 3, "{out}");
+    let members = tar_members(Path::new(&path("other.tar")));
+    assert_eq!(members[0].0, "manifest.json");
+    let manifest: serde_json::Value = serde_json::from_slice(&members[0].1).expect("manifest");
+    assert_eq!(manifest["target"], other);
+    let mut kinds: Vec<String> = manifest["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["kind"].as_str().expect("kind").to_string())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["command", "http-proxy", "module"]);
+    let machine = if other.starts_with("aarch64") {
+        183
+    } else {
+        62
+    };
+    for (name, code) in &members[1..] {
+        assert_eq!(&code[..4], b"\x7fELF", "{name}");
+        assert_eq!(u16::from_le_bytes([code[18], code[19]]), machine, "{name}");
+    }
+    // This node refuses it: wrong architecture.
+    let (code, _, err) = tool(&env, &["import", &path("other.tar")]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("is for {other}, but this node is {TARGET}")),
+        "{err}"
+    );
+    assert!(listed(&env).is_empty());
+
+    // A bundle for this node's architecture, from the images.
+    let (code, out, err) = tool(
+        &env,
+        &[&["bundle", "-o", &path("node.tar")][..], &ctrd].concat(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let sha = out
+        .split("manifest sha256:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("manifest digest printed")
+        .to_string();
+    let members = tar_members(Path::new(&path("node.tar")));
+    assert_eq!(members.len(), 3, "manifest and two modules");
+
+    // Refused, with nothing imported: a manifest other than the one
+    // vouched for, altered code, an altered engine key.
+    let (code, _, err) = tool(
+        &env,
+        &[
+            "import",
+            "--manifest-sha256",
+            &"0".repeat(64),
+            &path("node.tar"),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("manifest's digest"), "{err}");
+    let mut altered = members.clone();
+    let last = altered.len() - 1;
+    let mid = altered[last].1.len() / 2;
+    altered[last].1[mid] ^= 0x40;
+    write_tar(Path::new(&path("altered.tar")), &altered);
+    let (code, _, err) = tool(&env, &["import", &path("altered.tar")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("SHA-256 does not match the manifest"), "{err}");
+    let mut rekeyed = members.clone();
+    let mut m: serde_json::Value = serde_json::from_slice(&rekeyed[0].1).expect("manifest");
+    m["engine"] = "0.0.1-0000000000000000".into();
+    rekeyed[0].1 = serde_json::to_vec(&m).expect("json");
+    write_tar(Path::new(&path("rekeyed.tar")), &rekeyed);
+    let (code, _, err) = tool(&env, &["import", &path("rekeyed.tar")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("engine key 0.0.1-0000000000000000"), "{err}");
+    assert!(listed(&env).is_empty(), "nothing imported");
+
+    // The vouched-for bundle imports; containers start from it.
+    let (code, out, err) = tool(
+        &env,
+        &["import", "--manifest-sha256", &sha, &path("node.tar")],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("2 imported, 0 already cached"), "{out}");
+    let entries = listed(&env);
+    assert_eq!(entries.len(), 2);
+    let origin = format!("bundle sha256:{sha}");
+    assert!(
+        entries.iter().all(|e| e["origin"] == origin.as_str()),
+        "{entries:?}"
+    );
+    hello(&env, "from-bundle-p1", P1_ROOTFS, "wh-cmd.wasm").await;
+    hello(
+        &env,
+        "from-bundle-p2",
+        crate::common::P2_ROOTFS,
+        "wh-cmd.wasm",
+    )
+    .await;
+    assert_eq!(count(&env, "AOT cache hit"), 2);
+    assert_eq!(count(&env, "compiled ("), 0, "nothing compiled at start");
+    let (code, out, _) = tool(&env, &["import", &path("node.tar")]);
+    assert_eq!(code, 0);
+    assert!(out.contains("0 imported, 2 already cached"), "{out}");
+    env.assert_no_panic_logged();
 }
