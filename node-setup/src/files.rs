@@ -97,8 +97,47 @@ fn diff(path: &Path, old: &str, new: &str) -> String {
         .to_string()
 }
 
+/// Suffix of the marker that records that install created the file.
+pub const CREATED_SUFFIX: &str = ".wasmhybrid-created";
+
+pub fn created_marker(config: &Path) -> PathBuf {
+    let mut name = config.as_os_str().to_owned();
+    name.push(CREATED_SUFFIX);
+    PathBuf::from(name)
+}
+
 /// Registers the shim in the config at `path`.
 pub fn install(path: &Path, dry_run: bool) -> Result<Outcome, FileError> {
+    install_seeded(path, None, dry_run)
+}
+
+/// Like [`install`], but a missing file is first created from `seed` (a
+/// k3s/rke2 template from the generated config, a k0s drop-in); a marker
+/// beside it makes [`uninstall`] delete it again.
+pub fn install_seeded(
+    path: &Path,
+    seed: Option<&str>,
+    dry_run: bool,
+) -> Result<Outcome, FileError> {
+    if let Some(seed) = seed
+        && !path.exists()
+    {
+        let new = config::install(seed).map_err(|source| FileError::Edit {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let outcome = Outcome::Changed {
+            diff: diff(path, "", &new),
+        };
+        if !dry_run {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+            }
+            write_atomic(&created_marker(path), "")?;
+            write_atomic(path, &new)?;
+        }
+        return Ok(outcome);
+    }
     let old = read(path)?;
     let new = config::install(&old).map_err(|source| FileError::Edit {
         path: path.to_path_buf(),
@@ -130,6 +169,23 @@ fn write_atomic_new(backup: &Path, text: &str, like: &Path) -> Result<(), FileEr
 /// Removes the registration: restores the backup byte for byte when there
 /// is one, otherwise removes the `wasmhybrid` runtime table.
 pub fn uninstall(path: &Path, dry_run: bool) -> Result<Outcome, FileError> {
+    let marker = created_marker(path);
+    if marker.exists() {
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        if !dry_run {
+            for p in [path, marker.as_path()] {
+                match std::fs::remove_file(p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io("remove", p)(e));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        return Ok(Outcome::Changed {
+            diff: diff(path, &old, ""),
+        });
+    }
     let old = read(path)?;
     let backup = backup_path(path);
     let new = match std::fs::read_to_string(&backup) {

@@ -5,10 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::core::v1::{Pod, PodSpec, Service};
 use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -122,12 +124,53 @@ fn manifests_are_valid_kubernetes_objects() {
                 "Service" => {
                     let _: Service = typed(&doc, &what);
                 }
+                "DaemonSet" => {
+                    let ds: DaemonSet = typed(&doc, &what);
+                    let spec = ds
+                        .spec
+                        .and_then(|s| s.template.spec)
+                        .unwrap_or_else(|| panic!("{what}: no pod spec"));
+                    assert_eq!(spec.host_pid, Some(true), "{what}: nsenter needs hostPID");
+                    let init = &spec.init_containers.unwrap_or_default()[0];
+                    let args = init.args.clone().unwrap_or_default();
+                    assert_eq!(args, ["install", "--host-root", "/host"], "{what}");
+                    assert!(
+                        init.env
+                            .iter()
+                            .flatten()
+                            .any(|e| e.name == "NODE_NAME" && e.value_from.is_some()),
+                        "{what}: NODE_NAME from the downward API"
+                    );
+                }
+                "ServiceAccount" => {
+                    let _: ServiceAccount = typed(&doc, &what);
+                }
+                "ClusterRole" => {
+                    let role: ClusterRole = typed(&doc, &what);
+                    for rule in role.rules.unwrap_or_default() {
+                        assert!(
+                            rule.verbs.iter().all(|v| v == "get" || v == "patch"),
+                            "{what}: least privilege"
+                        );
+                    }
+                }
+                "ClusterRoleBinding" => {
+                    let _: ClusterRoleBinding = typed(&doc, &what);
+                }
                 other => panic!("{what}: no check for kind {other}"),
             }
             kinds.push(kind);
         }
     }
-    for needed in ["RuntimeClass", "Deployment", "Service", "Job", "Pod"] {
+    for needed in [
+        "RuntimeClass",
+        "Deployment",
+        "Service",
+        "Job",
+        "Pod",
+        "DaemonSet",
+        "ClusterRole",
+    ] {
         assert!(kinds.iter().any(|k| k == needed), "no {needed} manifest");
     }
 }
