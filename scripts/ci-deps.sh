@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing wasmhybrid needs on Debian 12, only
 # when it is missing: containerd and runc (the real runtime parts the tests
-# drive), protobuf-compiler and libseccomp-dev (runwasi's crates build with
+# drive), the CNI plugins and iproute2 (the CRI tests' pod network),
+# protobuf-compiler and libseccomp-dev (runwasi's crates build with
 # them), and the wasm32 Rust targets for the fixtures.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 dpkg -s libseccomp-dev >/dev/null 2>&1 || need+=(libseccomp-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 [ -x /bin/busybox ] || need+=(busybox-static)
+[ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need+=(containernetworking-plugins)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need[*]}; run as root or: sudo apt-get install ${need[*]}" >&2

@@ -13,8 +13,11 @@ use anyhow::{Context, Result, bail};
 pub struct DaemonOptions {
     /// Directory holding `containerd-shim-wasmhybrid-v1`, put first on PATH.
     pub shim_dir: PathBuf,
-    /// Keep containerd's CRI plugin (needed only by CRI tests).
+    /// Keep containerd's CRI plugin (needed only by CRI tests), configured
+    /// by [`crate::cri::config_toml`] from `cri`.
     pub with_cri: bool,
+    /// CRI plugin settings, used when `with_cri`.
+    pub cri: crate::cri::CriSettings,
     /// Extra TOML appended to the generated config.
     pub extra_config: String,
     /// A whole config to use instead of the generated one (root, state and
@@ -68,6 +71,11 @@ impl PrivateContainerd {
             disabled.push("\"io.containerd.grpc.v1.cri\"");
         }
         toml.push_str(&format!("disabled_plugins = [{}]\n", disabled.join(", ")));
+        if self.opts.with_cri {
+            let cni_conf = self.opts.cri.conf_dir(self.dir.path());
+            std::fs::create_dir_all(&cni_conf).context("create CNI config dir")?;
+            toml.push_str(&crate::cri::config_toml(&self.opts.cri, self.dir.path()));
+        }
         toml.push_str(&self.opts.extra_config);
         if let Some(whole) = &self.opts.config_override {
             toml = whole.clone();

@@ -1,8 +1,10 @@
 //! Test, demo and benchmark harness for wasmhybrid: a private containerd
 //! ([`daemon`]), OCI images built from the repo's fixtures ([`image`],
-//! [`fixtures`]) and a containerd API driver ([`client`]).
+//! [`fixtures`]), a containerd API driver ([`client`]) and the kubelet's
+//! path through containerd's CRI plugin ([`cri`]).
 
 pub mod client;
+pub mod cri;
 pub mod daemon;
 pub mod fixtures;
 pub mod image;

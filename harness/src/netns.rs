@@ -47,27 +47,32 @@ pub fn http_get(
     timeout: Duration,
 ) -> Result<HttpResponse> {
     let path = path.to_string();
-    in_netns(netns, move || {
-        let deadline = Instant::now() + timeout;
-        let mut stream = loop {
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => bail!("connect to {addr}: {e}"),
+    in_netns(netns, move || http_get_here(addr, &path, timeout))
+}
+
+/// `GET path` on `addr` from the calling thread's network namespace (e.g.
+/// the host's, to a pod's IP), retrying connection failures until
+/// `timeout`.
+pub fn http_get_here(addr: SocketAddr, path: &str, timeout: Duration) -> Result<HttpResponse> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(10));
             }
-        };
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw)?;
-        parse_response(&raw)
-    })
+            Err(e) => bail!("connect to {addr}: {e}"),
+        }
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw)
 }
 
 fn parse_response(raw: &[u8]) -> Result<HttpResponse> {

@@ -19,7 +19,8 @@ pub struct TestEnv {
     pub ctrd: Ctrd,
 }
 
-fn shim_dir() -> PathBuf {
+/// The directory of the shim binary built for these tests.
+pub fn shim_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_containerd-shim-wasmhybrid-v1"))
         .parent()
         .expect("shim dir")

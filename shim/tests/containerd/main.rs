@@ -9,6 +9,7 @@
 mod aot;
 mod commands;
 mod common;
+mod cri;
 mod ctr_cli;
 mod delegation;
 mod errors;

@@ -1,0 +1,322 @@
+//! The kubelet's path: pods through containerd's CRI plugin with the
+//! `wasmhybrid` handler, on a private containerd with its CRI plugin, a CNI
+//! bridge network of the test's own and a locally built pause image
+//! (`wasmhybrid_harness::cri`). Each test removes its pods as the kubelet
+//! does (StopPodSandbox, RemovePodSandbox) and checks nothing is left:
+//! sandboxes, containers, shims, network namespaces, mounts, state,
+//! cgroups, bridge ports or address reservations.
+//!
+//! Like every containerd test these need root and fail, never skip, when
+//! containerd or its CRI plugin cannot start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use wasmhybrid_harness::cri::api::ContainerState;
+use wasmhybrid_harness::cri::{
+    ContainerSpec, Cri, CriEnv, CriLog, Pod, RUNC_HANDLER, WASMHYBRID_HANDLER,
+};
+use wasmhybrid_harness::fixtures::Fixture;
+use wasmhybrid_harness::image::ImageSpec;
+use wasmhybrid_harness::netns::{HttpResponse, http_get_here};
+
+use crate::common::{P1_ROOTFS, P2_ROOTFS, bytes, shim_dir};
+
+const HTTP_ROOTFS: &str = "localhost/wh/http:rootfs";
+const BUSYBOX: &str = "localhost/wh/busybox:latest";
+const HEAVY_IO: (&str, &str) = ("wasmhybrid.io/workload", "heavy-io");
+/// Upper bound for a container to exit (a hang fails instead of blocking).
+const EXIT_WITHIN: Duration = Duration::from_secs(60);
+
+async fn start_env() -> CriEnv {
+    CriEnv::start(&shim_dir())
+        .await
+        .unwrap_or_else(|e| panic!("the CRI test environment did not start: {e:#}"))
+}
+
+async fn import(env: &mut CriEnv, spec: ImageSpec) {
+    env.import(&spec)
+        .await
+        .unwrap_or_else(|e| panic!("import {}: {e:#}", spec.name));
+}
+
+async fn run_pod(env: &mut CriEnv, name: &str, annotations: &[(&str, &str)]) -> Pod {
+    let pod = env
+        .cri
+        .run_pod_sandbox(name, WASMHYBRID_HANDLER, annotations)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\ncontainerd's log:\n{}", env.daemon.log()));
+    assert_dispatched(env, &pod.id, "dispatch: runc: pod sandbox container");
+    pod
+}
+
+async fn run(env: &mut CriEnv, pod: &Pod, spec: &ContainerSpec) -> String {
+    env.cri
+        .run_container(pod, spec)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\ncontainerd's log:\n{}", env.daemon.log()))
+}
+
+/// Waits for container `id` to exit; returns its exit code and its CRI log.
+async fn exited(env: &mut CriEnv, pod: &Pod, name: &str, id: &str) -> (i32, CriLog) {
+    let status = env
+        .cri
+        .wait_exited(id, EXIT_WITHIN)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\ncontainerd's log:\n{}", env.daemon.log()));
+    let log = CriLog::read(&Cri::log_path(pod, name)).unwrap_or_else(|e| panic!("{e:#}"));
+    let expected_reason = if status.exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
+    assert_eq!(status.reason, expected_reason, "{name}: {status:?}");
+    (status.exit_code, log)
+}
+
+/// GET from the host to the pod's IP over the test's bridge.
+async fn get(ip: &str, path: &str) -> HttpResponse {
+    let addr: SocketAddr = format!("{ip}:8080").parse().expect("pod address");
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || http_get_here(addr, &path, Duration::from_secs(30)))
+        .await
+        .expect("GET thread")
+        .unwrap_or_else(|e| panic!("GET {addr}: {e:#}"))
+}
+
+/// Asserts containerd's log has the shim's routing line for `id` and that
+/// it contains `expected`.
+fn assert_dispatched(env: &CriEnv, id: &str, expected: &str) {
+    let lines = env.dispatch_lines(id);
+    assert!(
+        lines.len() == 1 && lines[0].contains(expected),
+        "routing of {id}: expected one line with {expected:?}, got {lines:#?}"
+    );
+}
+
+/// Removes the pod as the kubelet does and asserts nothing is left.
+async fn remove_and_check(env: &mut CriEnv, pods: &[&Pod]) {
+    for pod in pods {
+        env.cri
+            .remove_pod(pod)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\ncontainerd's log:\n{}", env.daemon.log()));
+    }
+    let left = env.leftovers().await;
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    let log = env.daemon.log();
+    assert!(
+        !log.contains("panicked"),
+        "a panic reached containerd's log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_command_pod_logs_and_exit_codes() {
+    let mut env = start_env().await;
+    import(
+        &mut env,
+        ImageSpec::rootfs(P1_ROOTFS, "wh-cmd.wasm", bytes(Fixture::CmdP1)),
+    )
+    .await;
+    import(
+        &mut env,
+        ImageSpec::rootfs(P2_ROOTFS, "wh-cmd.wasm", bytes(Fixture::CmdP2)),
+    )
+    .await;
+    let pod = run_pod(&mut env, "wasm-cmd", &[]).await;
+
+    let hello = ContainerSpec::new(
+        "hello",
+        P2_ROOTFS,
+        &[
+            "/wh-cmd.wasm",
+            "hello",
+            "--",
+            "env",
+            "GREETING",
+            "--",
+            "stderr",
+            "to-stderr",
+        ],
+    )
+    .env("GREETING", "from-cri");
+    let id = run(&mut env, &pod, &hello).await;
+    let (code, log) = exited(&mut env, &pod, "hello", &id).await;
+    assert_eq!(code, 0, "{log:?}");
+    assert_eq!(
+        log.text("stdout"),
+        "hello from wasm\nGREETING=from-cri\n",
+        "{log:?}"
+    );
+    assert_eq!(log.text("stderr"), "to-stderr\n", "{log:?}");
+    assert_dispatched(
+        &env,
+        &id,
+        "dispatch: wasm: Wasm image localhost/wh/cmd-p2:rootfs (wasi/wasm)",
+    );
+
+    let failing = ContainerSpec::new(
+        "failing",
+        P1_ROOTFS,
+        &["/wh-cmd.wasm", "echo", "bye", "--", "exit", "3"],
+    );
+    let id = run(&mut env, &pod, &failing).await;
+    let (code, log) = exited(&mut env, &pod, "failing", &id).await;
+    assert_eq!(code, 3, "{log:?}");
+    assert_eq!(log.text("stdout"), "bye\n", "{log:?}");
+    assert_dispatched(&env, &id, "dispatch: wasm: Wasm image localhost/wh/cmd-p1");
+
+    remove_and_check(&mut env, &[&pod]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_http_pod_answers_on_its_pod_ip() {
+    let mut env = start_env().await;
+    import(
+        &mut env,
+        ImageSpec::rootfs(HTTP_ROOTFS, "http.wasm", bytes(Fixture::Http)),
+    )
+    .await;
+    let pod = run_pod(&mut env, "wasm-http", &[]).await;
+    let ip = env.cri.pod_ip(&pod).await.expect("pod IP");
+    let subnet_base = env.network.subnet().trim_end_matches("0/24").to_string();
+    assert!(
+        ip.starts_with(&subnet_base),
+        "pod IP {ip} not in {}",
+        env.network.subnet()
+    );
+
+    // The image's entrypoint (/http.wasm); the default address 0.0.0.0:8080.
+    let web = ContainerSpec::new("web", HTTP_ROOTFS, &[]).env("WH_GREETING", "from-cri");
+    let id = run(&mut env, &pod, &web).await;
+    let resp = get(&ip, "/hello?x=1").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert!(
+        resp.body.starts_with("hello from wasi:http GET /hello?x=1"),
+        "{resp:?}"
+    );
+    assert!(resp.body.contains("greeting=from-cri"), "{resp:?}");
+    assert_eq!(get(&ip, "/missing").await.status, 404);
+    assert_dispatched(
+        &env,
+        &id,
+        "dispatch: wasm: Wasm image localhost/wh/http:rootfs",
+    );
+
+    // StopContainer: SIGTERM, as the kubelet sends it.
+    env.cri.stop_container(&id, 10).await.expect("stop");
+    let (code, _) = exited(&mut env, &pod, "web", &id).await;
+    assert_eq!(code, 143, "SIGTERM ends the server with 128 + 15");
+
+    remove_and_check(&mut env, &[&pod]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_io_pod_runs_under_runc_as_the_runc_handler_does() {
+    let mut env = start_env().await;
+    import(
+        &mut env,
+        ImageSpec::busybox(BUSYBOX).expect("busybox image"),
+    )
+    .await;
+    let script = "dd if=/dev/zero of=/tmp/io bs=1M count=32 && \
+                  dd if=/tmp/io of=/dev/null bs=1M && echo heavy-io done; exit 3";
+    let io = ContainerSpec::new("io", BUSYBOX, &["/bin/sh", "-c", script]);
+
+    let tagged = run_pod(&mut env, "heavy-io", &[HEAVY_IO]).await;
+    let id = run(&mut env, &tagged, &io).await;
+    let (code, log) = exited(&mut env, &tagged, "io", &id).await;
+    assert_dispatched(
+        &env,
+        &id,
+        "dispatch: runc: tagged wasmhybrid.io/workload=heavy-io (container/pod annotation)",
+    );
+
+    // The same pod under containerd's plain runc handler.
+    let plain = env
+        .cri
+        .run_pod_sandbox("plain-runc", RUNC_HANDLER, &[HEAVY_IO])
+        .await
+        .expect("runc pod");
+    let plain_id = run(&mut env, &plain, &io).await;
+    let (plain_code, plain_log) = exited(&mut env, &plain, "io", &plain_id).await;
+    assert!(
+        env.dispatch_lines(&plain_id).is_empty(),
+        "the runc handler does not go through the shim"
+    );
+
+    assert_eq!(code, 3, "{log:?}");
+    assert_eq!(log.text("stdout"), "heavy-io done\n", "{log:?}");
+    assert!(log.text("stderr").contains("32+0 records in"), "{log:?}");
+    assert_eq!(
+        (code, log.text("stdout"), log.text("stderr").lines().count()),
+        (
+            plain_code,
+            plain_log.text("stdout"),
+            plain_log.text("stderr").lines().count()
+        ),
+        "wasmhybrid differs from runc: {log:?} vs {plain_log:?}"
+    );
+
+    remove_and_check(&mut env, &[&tagged, &plain]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_pod_wasm_app_and_native_sidecar_share_the_pod() {
+    let mut env = start_env().await;
+    import(
+        &mut env,
+        ImageSpec::rootfs(HTTP_ROOTFS, "http.wasm", bytes(Fixture::Http)),
+    )
+    .await;
+    import(
+        &mut env,
+        ImageSpec::busybox(BUSYBOX).expect("busybox image"),
+    )
+    .await;
+    let pod = run_pod(&mut env, "mixed", &[]).await;
+    let ip = env.cri.pod_ip(&pod).await.expect("pod IP");
+
+    let app = ContainerSpec::new("app", HTTP_ROOTFS, &[]).env("WH_GREETING", "mixed");
+    let app_id = run(&mut env, &pod, &app).await;
+    // Serving (checked from the host) before the sidecar asks.
+    assert_eq!(get(&ip, "/ready").await.status, 200);
+
+    // The sidecar reaches the app over the pod's loopback: one network
+    // namespace for both runtimes.
+    let sidecar = ContainerSpec::new(
+        "sidecar",
+        BUSYBOX,
+        &[
+            "/bin/busybox",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://127.0.0.1:8080/from-sidecar",
+        ],
+    );
+    let sidecar_id = run(&mut env, &pod, &sidecar).await;
+    let (code, log) = exited(&mut env, &pod, "sidecar", &sidecar_id).await;
+    assert_eq!(code, 0, "{log:?}");
+    assert_eq!(
+        log.text("stdout"),
+        "hello from wasi:http GET /from-sidecar\ngreeting=mixed\n",
+        "{log:?}"
+    );
+    assert_dispatched(&env, &app_id, "dispatch: wasm: Wasm image");
+    assert_dispatched(
+        &env,
+        &sidecar_id,
+        "dispatch: runc: native image localhost/wh/busybox:latest (linux/",
+    );
+    let app_status = env.cri.container_status(&app_id).await.expect("status");
+    assert_eq!(
+        app_status.state,
+        ContainerState::ContainerRunning as i32,
+        "the app keeps running after its sidecar exited: {app_status:?}"
+    );
+
+    remove_and_check(&mut env, &[&pod]).await;
+}
