@@ -884,6 +884,12 @@ impl CriEnv {
     /// Starts it all; every failure says what is missing, with
     /// containerd's log when containerd or its CRI plugin is at fault.
     pub async fn start(shim_dir: &Path) -> Result<Self> {
+        Self::start_with(shim_dir, None).await
+    }
+
+    /// Like [`CriEnv::start`], with containerd's config in `config_file`
+    /// (see [`DaemonOptions::config_file`]).
+    pub async fn start_with(shim_dir: &Path, config_file: Option<PathBuf>) -> Result<Self> {
         if !nix::unistd::Uid::effective().is_root() {
             bail!("the CRI tests need root (run scripts/test.sh as root)");
         }
@@ -895,6 +901,7 @@ impl CriEnv {
                 cni_conf_dir: Some(network.conf_dir()),
                 sandbox_image: None,
             },
+            config_file,
             ..Default::default()
         })
         .context("containerd did not start")?;
@@ -924,6 +931,18 @@ impl CriEnv {
             daemon,
             network,
         })
+    }
+
+    /// Restarts containerd (which rereads its config file), reconnects and
+    /// waits for the CRI plugin to be ready again.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.daemon.restart()?;
+        let channel = containerd_client::connect(self.daemon.address())
+            .await
+            .context("reconnect after the restart")?;
+        self.cri.runtime = RuntimeServiceClient::new(channel.clone());
+        self.cri.images = ImageServiceClient::new(channel);
+        self.cri.wait_ready(Duration::from_secs(30)).await
     }
 
     /// Imports `spec` for the CRI plugin and waits until it lists it.

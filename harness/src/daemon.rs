@@ -23,6 +23,11 @@ pub struct DaemonOptions {
     /// A whole config to use instead of the generated one (root, state and
     /// address still come from the command line).
     pub config_override: Option<String>,
+    /// Run on this config file instead of one in the temp dir: written with
+    /// the generated config if it does not exist, otherwise used as it is,
+    /// at every (re)start, so that an edit followed by
+    /// [`PrivateContainerd::restart`] takes effect (as node-setup does).
+    pub config_file: Option<PathBuf>,
 }
 
 /// A running private containerd.
@@ -58,7 +63,11 @@ impl PrivateContainerd {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let config = self.dir.path().join("config.toml");
+        let config = self
+            .opts
+            .config_file
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("config.toml"));
         let mut toml = String::from("version = 2\n");
         let mut disabled = vec![
             "\"io.containerd.snapshotter.v1.aufs\"",
@@ -80,7 +89,9 @@ impl PrivateContainerd {
         if let Some(whole) = &self.opts.config_override {
             toml = whole.clone();
         }
-        std::fs::write(&config, toml).context("write containerd config")?;
+        if self.opts.config_file.is_none() || !config.exists() {
+            std::fs::write(&config, toml).context("write containerd config")?;
+        }
 
         let path = format!(
             "{}:{}",

@@ -320,3 +320,106 @@ async fn mixed_pod_wasm_app_and_native_sidecar_share_the_pod() {
 
     remove_and_check(&mut env, &[&pod]).await;
 }
+
+/// node-setup end to end on the private containerd: its config at first
+/// has no `wasmhybrid` handler (pods asking for it are refused); the
+/// installer puts the shim in a bin directory on containerd's PATH,
+/// registers the handler and warms the cache; after a restart a Wasm pod
+/// runs from the warm cache; uninstall restores the config byte for byte
+/// and, after a restart, the handler is gone again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_setup_installs_into_containerd_and_a_wasm_pod_runs() {
+    use wasmhybrid_node_setup::node::{Flavor, Node};
+    use wasmhybrid_node_setup::setup::{self, Options, Restart};
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let bin = work.path().join("bin");
+    let config = work.path().join("config.toml");
+    // containerd's PATH starts with `bin`, empty until the installer runs.
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    let mut env = CriEnv::start_with(&bin, Some(config.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("the CRI test environment did not start: {e:#}"));
+    // The node before wasmhybrid: the same config without its handler.
+    let generated = std::fs::read_to_string(&config).expect("config");
+    let original = wasmhybrid_node_setup::config::remove(&generated).expect("remove");
+    assert!(!original.contains("io.containerd.wasmhybrid.v1"));
+    std::fs::write(&config, &original).expect("write");
+    env.restart().await.expect("restart");
+    let refused = env
+        .cri
+        .run_pod_sandbox("before-install", WASMHYBRID_HANDLER, &[])
+        .await
+        .expect_err("no wasmhybrid handler yet");
+    assert!(format!("{refused:#}").contains("wasmhybrid"), "{refused:#}");
+    import(
+        &mut env,
+        ImageSpec::rootfs(P1_ROOTFS, "wh-cmd.wasm", bytes(Fixture::CmdP1)),
+    )
+    .await;
+
+    let options = Options {
+        node: Node {
+            flavor: Flavor::Containerd,
+            root: "/".into(),
+            config: config.clone(),
+            seed: None,
+            socket: env.daemon.address(),
+            service: "containerd",
+        },
+        shim: Some(shim_dir().join("containerd-shim-wasmhybrid-v1")),
+        bin_dir: bin.clone(),
+        // The harness owns this containerd: the test restarts it.
+        restart: Restart::Never,
+        warm: true,
+        namespaces: vec!["k8s.io".into()],
+        cache_dir: Some(env.daemon.aot_cache_dir()),
+        node_name: None,
+        kubectl: "kubectl".into(),
+        dry_run: false,
+        wait: Duration::from_secs(30),
+    };
+    setup::install(&options).expect("install");
+    assert!(bin.join("containerd-shim-wasmhybrid-v1").exists());
+    let installed = std::fs::read_to_string(&config).expect("config");
+    assert!(installed.contains("io.containerd.wasmhybrid.v1"));
+    // Warmed: the image's module is in the cache before any start.
+    let cached = std::fs::read_dir(env.daemon.aot_cache_dir())
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(cached, 1, "one target directory in the cache after warming");
+    setup::install(&options).expect("second install");
+    assert_eq!(std::fs::read_to_string(&config).expect("config"), installed);
+
+    env.restart().await.expect("restart");
+    let pod = run_pod(&mut env, "after-install", &[]).await;
+    let hello = ContainerSpec::new("hello", P1_ROOTFS, &["/wh-cmd.wasm", "hello"]);
+    let id = run(&mut env, &pod, &hello).await;
+    let (code, log) = exited(&mut env, &pod, "hello", &id).await;
+    assert_eq!(
+        (code, log.text("stdout")),
+        (0, "hello from wasm\n".into()),
+        "{log:?}"
+    );
+    let daemon_log = env.daemon.log();
+    assert!(
+        daemon_log.contains("AOT cache hit") && !daemon_log.contains("AOT cache miss"),
+        "the installer's warm-up should make the first start a hit:\n{daemon_log}"
+    );
+    remove_and_check(&mut env, &[&pod]).await;
+
+    setup::uninstall(&options).expect("uninstall");
+    assert_eq!(
+        std::fs::read_to_string(&config).expect("config"),
+        original,
+        "restored byte for byte"
+    );
+    assert!(!bin.join("containerd-shim-wasmhybrid-v1").exists());
+    env.restart().await.expect("restart");
+    env.cri
+        .run_pod_sandbox("after-uninstall", WASMHYBRID_HANDLER, &[])
+        .await
+        .expect_err("the handler is gone");
+    let left = env.leftovers().await;
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
