@@ -407,13 +407,22 @@ pub async fn describe_images(
         }
     };
     let images = if names.is_empty() {
-        client
+        let mut all = client
             .images()
             .list(request(ListImagesRequest { filters: vec![] }, namespace)?)
             .await
             .map_err(call("Images.List"))?
             .into_inner()
-            .images
+            .images;
+        // One entry per image: the CRI plugin adds a bare `sha256:<id>`
+        // name beside every repository name; keep a repository name.
+        all.sort_by_key(|i| i.name.starts_with("sha256:"));
+        let mut seen = std::collections::HashSet::new();
+        all.retain(|i| {
+            let digest = i.target.as_ref().map(|t| t.digest.clone());
+            digest.is_none() || seen.insert(digest)
+        });
+        all
     } else {
         let mut out = Vec::new();
         for name in names {
