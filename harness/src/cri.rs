@@ -51,8 +51,8 @@ use k8s_cri::v1::{
 /// The CRI API types (`k8s-cri`'s `runtime.v1`).
 pub use k8s_cri::v1 as api;
 
-use crate::daemon::{DaemonOptions, PrivateContainerd, ctr};
-use crate::image::{BUSYBOX, ImageSpec, SYMLINK, write_oci_archive};
+use crate::daemon::{DaemonOptions, PrivateContainerd};
+use crate::image::{BUSYBOX, ImageSpec, SYMLINK};
 
 /// The containerd namespace of the CRI plugin (fixed by containerd).
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -158,28 +158,7 @@ pub fn pause_image_spec() -> Result<ImageSpec> {
 /// CRI namespace, unpacked into overlayfs snapshots as the CRI plugin
 /// expects of a pulled image.
 pub fn import_for_cri(address: &Path, workdir: &Path, spec: &ImageSpec) -> Result<()> {
-    let archive = workdir.join(format!("cri-{}.tar", spec.name.replace(['/', ':'], "_")));
-    write_oci_archive(spec, &archive)?;
-    let out = ctr(
-        address,
-        CRI_NAMESPACE,
-        &[
-            "images",
-            "import",
-            "--all-platforms",
-            &archive.to_string_lossy(),
-        ],
-    )?;
-    let _ = std::fs::remove_file(&archive);
-    if !out.status.success() {
-        bail!(
-            "ctr images import {} failed: {}{}",
-            spec.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    crate::fixtures::import_archive(address, workdir, CRI_NAMESPACE, spec, true)
 }
 
 fn ip(args: &[&str]) -> Result<String> {

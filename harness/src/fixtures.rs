@@ -94,19 +94,30 @@ pub fn import_image_at(
     namespace: &str,
     spec: &ImageSpec,
 ) -> Result<()> {
+    import_archive(address, workdir, namespace, spec, false)
+}
+
+/// Writes `spec` as an OCI archive in `workdir` and imports it with `ctr
+/// images import --all-platforms`, unpacked into snapshots if `unpack`
+/// (as the CRI plugin expects of a pulled image). The archive is removed.
+pub fn import_archive(
+    address: &Path,
+    workdir: &Path,
+    namespace: &str,
+    spec: &ImageSpec,
+    unpack: bool,
+) -> Result<()> {
     let archive = workdir.join(format!("{}.tar", spec.name.replace(['/', ':'], "_")));
     write_oci_archive(spec, &archive)?;
-    let out = ctr(
-        address,
-        namespace,
-        &[
-            "images",
-            "import",
-            "--all-platforms",
-            "--no-unpack",
-            &archive.to_string_lossy(),
-        ],
-    )?;
+    let archive_arg = archive.to_string_lossy().into_owned();
+    let mut args = vec!["images", "import", "--all-platforms"];
+    if !unpack {
+        args.push("--no-unpack");
+    }
+    args.push(&archive_arg);
+    let out = ctr(address, namespace, &args);
+    let _ = std::fs::remove_file(&archive);
+    let out = out?;
     if !out.status.success() {
         bail!(
             "ctr images import {} failed: {}{}",
