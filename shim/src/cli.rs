@@ -66,7 +66,7 @@ pub fn main() {
                 eprintln!("wasmhybrid: {err}");
                 std::process::exit(1);
             }
-            instance::run_shim()
+            std::process::exit(delete_wasm(&bundle, &flags))
         }
         _ => instance::run_shim(),
     }
@@ -117,6 +117,31 @@ fn decide(flags: &Flags, bundle: &Path) -> Result<Decided, String> {
     };
     let route = dispatch::route(&annotations, meta.as_ref()).map_err(|e| e.to_string())?;
     Ok((route, annotations, meta))
+}
+
+/// The `delete` action for a Wasm container. containerd runs it after every
+/// task's shim connection closes: normally the daemon has already removed
+/// everything and this only answers (without starting a daemon's
+/// machinery); after a daemon died, it kills and removes what is left in
+/// the container's cgroup (containerd unmounts the rootfs itself).
+fn delete_wasm(bundle: &Path, flags: &Flags) -> i32 {
+    use containerd_shim::protos::protobuf::Message;
+    let cgroup = Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|s| s.linux().as_ref().and_then(|l| l.cgroups_path().clone()));
+    let removed = crate::cgroup::remove_leftover(cgroup.as_deref(), &flags.id);
+    if !removed.is_empty() {
+        log_to_containerd(
+            bundle,
+            flags,
+            &format!("delete: removed the cgroup left by a dead shim: {removed:?}"),
+        );
+    }
+    let mut resp = runc::cleaned_response(bundle);
+    resp.pid = 0;
+    let mut out = std::io::stdout().lock();
+    let written = resp.write_to_writer(&mut out).is_ok() && out.flush().is_ok();
+    if written { 0 } else { 1 }
 }
 
 /// Spawns this shim's daemon for a Wasm container, grouped per pod.

@@ -6,36 +6,30 @@
 //!
 //! 1. [`load`] maps the container's native code from the AOT cache (or, if
 //!    the cache is unusable, compiles the Wasm) into [`PREPARED`];
-//! 2. [`build`] creates the container with youki's libcontainer: namespaces,
-//!    cgroups, mounts, `pivot_root`, capabilities and seccomp, as for any
-//!    container. Its init process is a fork, so it holds a copy of
+//! 2. [`build`] creates the container's process ([`crate::isolation`]):
+//!    namespaces, cgroup, root filesystem, user, capabilities and seccomp.
+//!    It is a clone of the zygote process, so it holds a copy of
 //!    [`PREPARED`]: the code is already loaded, nothing of the host's
 //!    filesystem is needed inside.
 //!
-//! At `Tasks.Start`, the init process runs [`WasmExecutor::exec`], which
-//! runs the workload and exits with its code. Errors are reported once,
+//! At `Tasks.Start`, that process runs the workload ([`run_init`]) and
+//! exits with its code. Errors are reported once,
 //! there: to the shim log and to the container's stderr (what `ctr` and the
 //! kubelet show), with a documented exit code ([`crate::exit`]).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use containerd_shimkit::sandbox::InstanceConfig;
-use libcontainer::container::Container as YoukiContainer;
-use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::signal::Signal;
-use libcontainer::syscall::syscall::SyscallType;
-use libcontainer::workload::{
-    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
-};
+use nix::sys::signal::Signal;
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
 use crate::dispatch::WasmForm;
 use crate::engine::{EngineError, GuestEnv, Loaded, Outcome, WasmEngine, Workload};
+use crate::isolation::{self, Container};
 use crate::{exit, http, signals};
 
 /// The shim's name: runtime type `io.containerd.wasmhybrid.v1`, state
@@ -98,7 +92,7 @@ static PREPARED: Mutex<Option<Prepared>> = Mutex::new(None);
 
 thread_local! {
     /// The container, held by its zygote process between calls.
-    static CONTAINER: RefCell<Option<YoukiContainer>> = const { RefCell::new(None) };
+    static CONTAINER: RefCell<Option<Container>> = const { RefCell::new(None) };
 }
 
 fn engine() -> Result<WasmEngine, EngineError> {
@@ -164,7 +158,7 @@ pub fn build((id, cfg): (String, InstanceConfig)) -> Result<(), String> {
     Ok(())
 }
 
-fn build_container(id: &str, cfg: &InstanceConfig) -> anyhow::Result<YoukiContainer> {
+fn build_container(id: &str, cfg: &InstanceConfig) -> anyhow::Result<Container> {
     let spec = Spec::load(cfg.bundle.join("config.json"))?;
     match spec
         .annotations()
@@ -174,45 +168,38 @@ fn build_container(id: &str, cfg: &InstanceConfig) -> anyhow::Result<YoukiContai
         Some(pod) => containerd_shimkit::set_logger_kv([("instance", id), ("pod", pod.as_str())]),
         None => containerd_shimkit::set_logger_kv([("instance", id)]),
     }
-    let rootdir = cfg.determine_rootdir(SHIM_NAME)?;
-    let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
-        .with_executor(WasmExecutor)
-        .with_root_path(rootdir)?;
-    if let Ok(f) = cfg.open_stdin() {
-        builder = builder.with_stdin(f);
-    }
-    if let Ok(f) = cfg.open_stdout() {
-        builder = builder.with_stdout(f);
-    }
-    if let Ok(f) = cfg.open_stderr() {
-        builder = builder.with_stderr(f);
-    }
-    Ok(builder
-        .as_init(&cfg.bundle)
-        .as_sibling(true)
-        .with_systemd(cfg.config.systemd_cgroup)
-        .build()?)
+    let stdio = isolation::Stdio {
+        stdin: cfg.open_stdin().ok(),
+        stdout: cfg.open_stdout().ok(),
+        stderr: cfg.open_stderr().ok(),
+    };
+    let run_spec = spec.clone();
+    Ok(isolation::create(
+        id,
+        &cfg.bundle,
+        &spec,
+        cfg.config.systemd_cgroup,
+        stdio,
+        move || {
+            let prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner()).take();
+            run_init(prepared, &run_spec)
+        },
+    )?)
 }
 
-fn with_container<T>(
-    f: impl FnOnce(&mut YoukiContainer) -> anyhow::Result<T>,
-) -> Result<T, String> {
+fn with_container<T>(f: impl FnOnce(&mut Container) -> anyhow::Result<T>) -> Result<T, String> {
     CONTAINER.with_borrow_mut(|c| match c.as_mut() {
         Some(c) => f(c).map_err(|e| format!("{e:#}")),
         None => Err("the container was not created".to_string()),
     })
 }
 
-/// Zygote task: the init process's pid.
+/// Zygote task: the container process's pid.
 pub fn pid(_: ()) -> Result<i32, String> {
-    with_container(|c| {
-        c.pid()
-            .map(|p| p.as_raw())
-            .ok_or_else(|| anyhow::anyhow!("the container has no pid"))
-    })
+    with_container(|c| Ok(c.pid().as_raw()))
 }
 
-/// Zygote task: lets the init process run the workload.
+/// Zygote task: lets the container process run the workload.
 pub fn start(_: ()) -> Result<(), String> {
     with_container(|c| Ok(c.start()?))
 }
@@ -221,37 +208,13 @@ pub fn start(_: ()) -> Result<(), String> {
 pub fn kill(signal: u32) -> Result<(), String> {
     with_container(|c| {
         let signal = Signal::try_from(signal as i32)?;
-        Ok(c.kill(signal, true)?)
+        Ok(c.kill(signal)?)
     })
 }
 
-/// Zygote task: removes the container's state, cgroup and mounts.
+/// Zygote task: kills what is left and removes the cgroup.
 pub fn delete(_: ()) -> Result<(), String> {
-    with_container(|c| Ok(c.delete(true)?))
-}
-
-/// libcontainer's hook into the init process.
-#[derive(Clone, Default)]
-pub struct WasmExecutor;
-
-impl Executor for WasmExecutor {
-    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        let prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner()).take();
-        std::process::exit(run_init(prepared, spec))
-    }
-
-    /// Anything the daemon could not run was turned into a [`Plan::Fail`],
-    /// reported by `exec` on the container's stderr (what `kubectl logs`
-    /// shows); a refusal here would only surface as "can't handle spec".
-    fn validate(&self, _spec: &Spec) -> Result<(), ExecutorValidationError> {
-        Ok(())
-    }
-
-    /// The guest's environment comes from the spec (see [`guest_env`]);
-    /// the init process's own environment is left as it is.
-    fn setup_envs(&self, _: HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
-        Ok(())
-    }
+    with_container(|c| Ok(c.delete()?))
 }
 
 /// Reports an error to the shim log and the container's stderr.

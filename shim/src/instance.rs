@@ -78,59 +78,50 @@ impl Instance for WasmInstance {
             namespace,
             handle: tokio::runtime::Handle::current(),
         };
-        let mut zygote = Zygote::global().spawn();
+        let t0 = std::time::Instant::now();
+        let zygote = Zygote::global().spawn();
+        let t_spawn = t0.elapsed();
         let mut attempt = 0;
-        let mut build_attempt = 0;
-        'build: loop {
-            loop {
-                let ctx = ctx.clone();
-                let spec = spec.clone();
-                let prepared = tokio::task::spawn_blocking(move || prepare(&ctx, &spec))
-                    .await
-                    .map_err(|e| SandboxError::Others(format!("preparing the container: {e}")))?;
-                match zygote.try_run(executor::load, &prepared.plan) {
-                    Ok(Ok(())) => break,
-                    Ok(Err(LoadError::Rejected(msg))) if attempt == 0 => {
-                        // Wasmtime's own header checks (version, target,
-                        // settings) refused an entry that passed ours.
-                        log::warn!("AOT cache: {msg}; removing the entry and compiling again");
-                        if let Some((cache, digest)) = &prepared.entry {
-                            cache.remove(digest);
-                        }
-                        attempt += 1;
+        loop {
+            let ctx = ctx.clone();
+            let spec = spec.clone();
+            let prepared = tokio::task::spawn_blocking(move || prepare(&ctx, &spec))
+                .await
+                .map_err(|e| SandboxError::Others(format!("preparing the container: {e}")))?;
+            match zygote.try_run(executor::load, &prepared.plan) {
+                Ok(Ok(())) => break,
+                Ok(Err(LoadError::Rejected(msg))) if attempt == 0 => {
+                    // Wasmtime's own header checks (version, target,
+                    // settings) refused an entry that passed ours.
+                    log::warn!("AOT cache: {msg}; removing the entry and compiling again");
+                    if let Some((cache, digest)) = &prepared.entry {
+                        cache.remove(digest);
                     }
-                    Ok(Err(LoadError::Rejected(msg))) => {
-                        let fail = Plan::Fail {
-                            code: exit::NOT_RUNNABLE,
-                            message: msg,
-                        };
-                        zygote
-                            .try_run(executor::load, &fail)
-                            .map_err(zygote_err)?
-                            .map_err(|e| zygote_err(format!("{e:?}")))?;
-                        break;
-                    }
-                    Err(e) => return Err(zygote_err(e)),
+                    attempt += 1;
                 }
-            }
-            let built = zygote
-                .try_run(executor::build, (id.clone(), cfg.clone()))
-                .map_err(zygote_err)?;
-            match built {
-                Ok(()) => break 'build,
-                // youki 0.6 races when its intermediate process is slower
-                // to report than the init process (seen with dozens of
-                // containers created at once on 2 cores): try once more in
-                // a fresh process.
-                Err(e) if build_attempt == 0 && e.contains("unexpected message") => {
-                    log::warn!("container creation raced in libcontainer ({e}); retrying once");
-                    build_attempt += 1;
-                    attempt = 0;
-                    zygote = Zygote::global().spawn();
+                Ok(Err(LoadError::Rejected(msg))) => {
+                    let fail = Plan::Fail {
+                        code: exit::NOT_RUNNABLE,
+                        message: msg,
+                    };
+                    zygote
+                        .try_run(executor::load, &fail)
+                        .map_err(zygote_err)?
+                        .map_err(|e| zygote_err(format!("{e:?}")))?;
+                    break;
                 }
-                Err(e) => return Err(SandboxError::Others(e)),
+                Err(e) => return Err(zygote_err(e)),
             }
         }
+        let loaded = t0.elapsed();
+        zygote
+            .try_run(executor::build, (id.clone(), cfg.clone()))
+            .map_err(zygote_err)?
+            .map_err(SandboxError::Others)?;
+        log::debug!(
+            "created in {:?}: zygote {t_spawn:?}, code ready {loaded:?}",
+            t0.elapsed()
+        );
         Ok(Self {
             id,
             exit_code: WaitableCell::new(),

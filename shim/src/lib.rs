@@ -26,6 +26,7 @@
 
 pub mod bundle;
 pub mod cache;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
@@ -35,6 +36,7 @@ pub mod exit;
 pub mod http;
 pub mod image;
 pub mod instance;
+pub mod isolation;
 pub mod runc;
 pub mod signals;
 pub mod source;

@@ -14,4 +14,5 @@ mod ctr_cli;
 mod delegation;
 mod errors;
 mod http;
+mod isolation;
 mod lifecycle;
