@@ -51,11 +51,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
     }
 }
 
-/// The container's cgroup.
+/// The container's cgroup (a direct one travels from the shim daemon to the
+/// container's zygote process).
+#[derive(serde::Serialize, serde::Deserialize)]
 pub enum Cgroup {
     /// Directories made by this module: one per v1 hierarchy, or one (v2).
     Direct { dirs: Vec<PathBuf>, v2: bool },
-    /// Made through systemd by `libcgroups`.
+    /// Made through systemd by `libcgroups` (in the zygote process).
+    #[serde(skip)]
     Managed {
         manager: Box<AnyCgroupManager>,
         path: PathBuf,

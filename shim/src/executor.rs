@@ -27,6 +27,7 @@ use nix::sys::signal::Signal;
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::Cgroup;
 use crate::dispatch::WasmForm;
 use crate::engine::{EngineError, GuestEnv, Loaded, Outcome, WasmEngine, Workload};
 use crate::isolation::{self, Container};
@@ -149,8 +150,8 @@ pub fn load(plan: Plan) -> Result<(), LoadError> {
 }
 
 /// Zygote task: creates the container (its init process waits for start).
-pub fn build((id, cfg): (String, InstanceConfig)) -> Result<(), String> {
-    let result = build_container(&id, &cfg);
+pub fn build((id, cfg, cgroup): (String, InstanceConfig, Option<Cgroup>)) -> Result<(), String> {
+    let result = build_container(&id, &cfg, cgroup);
     // The init process has its own copy now.
     PREPARED.lock().unwrap_or_else(|e| e.into_inner()).take();
     let container = result.map_err(|e| format!("{e:#}"))?;
@@ -158,7 +159,11 @@ pub fn build((id, cfg): (String, InstanceConfig)) -> Result<(), String> {
     Ok(())
 }
 
-fn build_container(id: &str, cfg: &InstanceConfig) -> anyhow::Result<Container> {
+fn build_container(
+    id: &str,
+    cfg: &InstanceConfig,
+    cgroup: Option<Cgroup>,
+) -> anyhow::Result<Container> {
     let spec = Spec::load(cfg.bundle.join("config.json"))?;
     match spec
         .annotations()
@@ -173,12 +178,15 @@ fn build_container(id: &str, cfg: &InstanceConfig) -> anyhow::Result<Container> 
         stdout: cfg.open_stdout().ok(),
         stderr: cfg.open_stderr().ok(),
     };
+    let cgroup = match cgroup {
+        Some(c) => c,
+        None => isolation::managed_or_direct(id, &spec, cfg.config.systemd_cgroup)?,
+    };
     let run_spec = spec.clone();
     Ok(isolation::create(
-        id,
         &cfg.bundle,
         &spec,
-        cfg.config.systemd_cgroup,
+        cgroup,
         stdio,
         move || {
             let prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner()).take();

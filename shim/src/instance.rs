@@ -35,7 +35,7 @@ use crate::config::WorkloadConfig;
 use crate::dispatch::{self, DispatchError, WasmForm, WasmSource};
 use crate::engine::{EngineError, WasmEngine, Workload};
 use crate::executor::{self, Code, LoadError, Plan, RunPlan, SHIM_NAME};
-use crate::{exit, image, runc, source};
+use crate::{exit, image, isolation, runc, source};
 
 /// Entry point of the shim daemon (and of containerd's other actions the
 /// framework handles, e.g. `-v` and `-info`).
@@ -79,49 +79,31 @@ impl Instance for WasmInstance {
             handle: tokio::runtime::Handle::current(),
         };
         let t0 = std::time::Instant::now();
+        // The cgroup is made here while the zygote process starts and loads.
+        let cgroup = {
+            let (id, spec, systemd) = (id.clone(), spec.clone(), cfg.config.systemd_cgroup);
+            tokio::task::spawn_blocking(move || isolation::direct_cgroup(&id, &spec, systemd))
+        };
         let zygote = Zygote::global().spawn();
         let t_spawn = t0.elapsed();
-        let mut attempt = 0;
-        loop {
-            let ctx = ctx.clone();
-            let spec = spec.clone();
-            let prepared = tokio::task::spawn_blocking(move || prepare(&ctx, &spec))
-                .await
-                .map_err(|e| SandboxError::Others(format!("preparing the container: {e}")))?;
-            match zygote.try_run(executor::load, &prepared.plan) {
-                Ok(Ok(())) => break,
-                Ok(Err(LoadError::Rejected(msg))) if attempt == 0 => {
-                    // Wasmtime's own header checks (version, target,
-                    // settings) refused an entry that passed ours.
-                    log::warn!("AOT cache: {msg}; removing the entry and compiling again");
-                    if let Some((cache, digest)) = &prepared.entry {
-                        cache.remove(digest);
-                    }
-                    attempt += 1;
-                }
-                Ok(Err(LoadError::Rejected(msg))) => {
-                    let fail = Plan::Fail {
-                        code: exit::NOT_RUNNABLE,
-                        message: msg,
-                    };
-                    zygote
-                        .try_run(executor::load, &fail)
-                        .map_err(zygote_err)?
-                        .map_err(|e| zygote_err(format!("{e:?}")))?;
-                    break;
-                }
-                Err(e) => return Err(zygote_err(e)),
+        let loaded = load_code(&zygote, &ctx, &spec).await;
+        let cgroup = cgroup
+            .await
+            .map_err(|e| SandboxError::Others(format!("making the cgroup: {e}")))?
+            .map_err(|e| SandboxError::Others(e.to_string()));
+        let cgroup = match (loaded, cgroup) {
+            (Ok(()), Ok(c)) => c,
+            (Err(e), Ok(Some(c))) => {
+                let _ = c.remove();
+                return Err(e);
             }
-        }
-        let loaded = t0.elapsed();
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
         zygote
-            .try_run(executor::build, (id.clone(), cfg.clone()))
+            .try_run(executor::build, (id.clone(), cfg.clone(), cgroup))
             .map_err(zygote_err)?
             .map_err(SandboxError::Others)?;
-        log::debug!(
-            "created in {:?}: zygote {t_spawn:?}, code ready {loaded:?}",
-            t0.elapsed()
-        );
+        log::debug!("created in {:?}: zygote {t_spawn:?}", t0.elapsed());
         Ok(Self {
             id,
             exit_code: WaitableCell::new(),
@@ -183,6 +165,44 @@ impl Instance for WasmInstance {
     async fn wait(&self) -> (u32, DateTime<Utc>) {
         *self.exit_code.wait().await
     }
+}
+
+/// Has the container's zygote process load the code of the container's
+/// plan (an entry Wasmtime refuses is removed and compiled again, once).
+async fn load_code(zygote: &Zygote, ctx: &Ctx, spec: &Spec) -> Result<(), SandboxError> {
+    let mut attempt = 0;
+    loop {
+        let ctx = ctx.clone();
+        let spec = spec.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&ctx, &spec))
+            .await
+            .map_err(|e| SandboxError::Others(format!("preparing the container: {e}")))?;
+        match zygote.try_run(executor::load, &prepared.plan) {
+            Ok(Ok(())) => break,
+            Ok(Err(LoadError::Rejected(msg))) if attempt == 0 => {
+                // Wasmtime's own header checks (version, target,
+                // settings) refused an entry that passed ours.
+                log::warn!("AOT cache: {msg}; removing the entry and compiling again");
+                if let Some((cache, digest)) = &prepared.entry {
+                    cache.remove(digest);
+                }
+                attempt += 1;
+            }
+            Ok(Err(LoadError::Rejected(msg))) => {
+                let fail = Plan::Fail {
+                    code: exit::NOT_RUNNABLE,
+                    message: msg,
+                };
+                zygote
+                    .try_run(executor::load, &fail)
+                    .map_err(zygote_err)?
+                    .map_err(|e| zygote_err(format!("{e:?}")))?;
+                break;
+            }
+            Err(e) => return Err(zygote_err(e)),
+        }
+    }
+    Ok(())
 }
 
 /// What [`prepare`] needs of the container's surroundings.

@@ -202,29 +202,42 @@ pub struct Stdio {
 /// Creates the container's process; it runs `run` (which returns the exit
 /// code) after [`Container::start`].
 pub fn create(
-    id: &str,
     bundle: &Path,
     spec: &Spec,
-    systemd_cgroup: bool,
+    cgroup: Cgroup,
     stdio: Stdio,
     run: impl FnOnce() -> i32,
 ) -> Result<Container, IsolationError> {
-    let ns = plan_namespaces(spec)?;
-    let linux = spec.linux().as_ref();
-    let cgroup = Cgroup::create(
-        linux.and_then(|l| l.cgroups_path().as_deref()),
-        id,
-        systemd_cgroup,
-        linux.and_then(|l| l.resources().as_ref()),
-    )?;
-    if let Some(fd) = &ns.pid {
-        setns(fd.as_fd(), CloneFlags::CLONE_NEWPID).map_err(sys("join the PID namespace"))?;
-    }
-    let (control_r, control_w) = pipe()?;
-    let (report_r, report_w) = pipe()?;
-
-    let into = cgroup.clone_into()?;
-    let pid = clone3(ns.clone, into.as_ref())?;
+    let ns = match plan_namespaces(spec) {
+        Ok(ns) => ns,
+        Err(e) => {
+            let _ = cgroup.remove();
+            return Err(e);
+        }
+    };
+    let started = (|| {
+        if let Some(fd) = &ns.pid {
+            setns(fd.as_fd(), CloneFlags::CLONE_NEWPID).map_err(sys("join the PID namespace"))?;
+        }
+        let control = pipe()?;
+        let report = pipe()?;
+        let into = cgroup.clone_into()?;
+        Ok((control, report, into))
+    })();
+    let ((control_r, control_w), (report_r, report_w), into) = match started {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = cgroup.remove();
+            return Err(e);
+        }
+    };
+    let pid = match clone3(ns.clone, into.as_ref()) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = cgroup.remove();
+            return Err(e);
+        }
+    };
     drop(into);
     if pid == 0 {
         drop((control_w, report_r));
@@ -243,26 +256,61 @@ pub fn create(
         control: Some(control_w),
         cgroup,
     };
-    // From here on, dropping `container` on an error kills the process.
-    container.join_cgroup(spec)?;
-    container.send(b'c')?;
-    let mut report = Vec::new();
-    let mut report_r = report_r;
-    let _ = report_r.read_to_end(&mut report);
-    match report.split_first() {
-        Some((0, _)) => Ok(container),
-        Some((_, msg)) => Err(IsolationError::Setup(
-            String::from_utf8_lossy(msg).into_owned(),
-        )),
-        None => Err(IsolationError::Setup(
-            "the container process exited during setup".into(),
-        )),
+    // From here on, an error kills the process and removes the cgroup.
+    match container.finish_setup(spec, report_r) {
+        Ok(()) => Ok(container),
+        Err(e) => {
+            let _ = container.delete();
+            Err(e)
+        }
     }
+}
+
+/// The cgroup of container `id` as its spec names it: made here (in the
+/// shim daemon, while the zygote loads the code) unless the systemd driver
+/// is used, which needs a systemd unit and is left to [`create`]'s caller
+/// in the zygote process (`None`).
+pub fn direct_cgroup(
+    id: &str,
+    spec: &Spec,
+    systemd: bool,
+) -> Result<Option<Cgroup>, IsolationError> {
+    if systemd {
+        return Ok(None);
+    }
+    managed_or_direct(id, spec, false).map(Some)
+}
+
+/// The cgroup of container `id`, made for whichever driver.
+pub fn managed_or_direct(id: &str, spec: &Spec, systemd: bool) -> Result<Cgroup, IsolationError> {
+    let linux = spec.linux().as_ref();
+    Ok(Cgroup::create(
+        linux.and_then(|l| l.cgroups_path().as_deref()),
+        id,
+        systemd,
+        linux.and_then(|l| l.resources().as_ref()),
+    )?)
 }
 
 impl Container {
     pub fn pid(&self) -> Pid {
         self.pid
+    }
+
+    fn finish_setup(&mut self, spec: &Spec, mut report_r: File) -> Result<(), IsolationError> {
+        self.join_cgroup(spec)?;
+        self.send(b'c')?;
+        let mut report = Vec::new();
+        let _ = report_r.read_to_end(&mut report);
+        match report.split_first() {
+            Some((0, _)) => Ok(()),
+            Some((_, msg)) => Err(IsolationError::Setup(
+                String::from_utf8_lossy(msg).into_owned(),
+            )),
+            None => Err(IsolationError::Setup(
+                "the container process exited during setup".into(),
+            )),
+        }
     }
 
     fn join_cgroup(&mut self, spec: &Spec) -> Result<(), IsolationError> {

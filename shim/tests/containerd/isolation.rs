@@ -116,3 +116,30 @@ async fn wasm_process_is_confined_as_the_spec_says() {
     let left = env.leftovers("iso");
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_that_cannot_be_joined_fails_create_and_leaves_nothing() {
+    let env = TestEnv::new("isobad").await;
+    env.import_cmd_images();
+    let mut opts = env.opts("isobad", P1_ROOTFS, &["/wh-cmd.wasm", "hello"]);
+    opts.netns = Some("/run/netns/wasmhybrid-no-such-netns".into());
+    let err = match env.ctrd.create(&opts).await {
+        Ok(_) => panic!("created a container in a missing network namespace"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("wasmhybrid-no-such-netns"),
+        "the error names the namespace: {err}"
+    );
+    env.ctrd.cleanup("isobad").await;
+    let left = env.leftovers("isobad");
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // The next container runs.
+    let done = env
+        .ctrd
+        .run(&env.opts("isook", P1_ROOTFS, &["/wh-cmd.wasm", "hello"]))
+        .await
+        .expect("run");
+    assert_eq!((done.exit_code, done.stdout.trim()), (0, "hello from wasm"));
+}
