@@ -182,6 +182,26 @@ async fn leftovers(daemon: &PrivateContainerd, sweep: &Sweep) -> Vec<String> {
     left
 }
 
+/// Returns on SIGINT or SIGTERM (so that the guards clean up).
+async fn interrupted() -> anyhow::Error {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => anyhow!("interrupted (SIGINT)"),
+                _ = term.recv() => anyhow!("terminated (SIGTERM)"),
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("cannot handle signals: {e}");
+            std::future::pending().await
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let shim_dir = release_shim_dir()?;
@@ -205,7 +225,7 @@ async fn main() -> Result<()> {
     };
     let measured = tokio::select! {
         r = measure(&env, &daemon, &mut res) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        e = interrupted() => Err(e),
     };
     measured?;
     res.failures = env.failures.all();
