@@ -10,7 +10,7 @@
 //! `WASMHYBRID_BENCH_ITERATIONS` (60), `_TASKS` (300), `_DENSITY` (20),
 //! `_REQUESTS` (2000), `_HTTP_STARTS` (10), `_WARMUP` (3), `_BASELINE`
 //! (a directory holding an older `containerd-shim-wasmhybrid-v1`),
-//! `_BASELINE_THROUGHPUT` (1: the baseline in the throughput section too),
+//! `_BASELINE_THROUGHPUT` (0: the baseline only in the latency section),
 //! `_SECTIONS` (`latency,throughput,density,http`), `_SHIM_DIR`.
 //! Writes `target/bench/suite.{json,md,svg}`.
 
@@ -139,7 +139,7 @@ async fn measure(env: &Arc<Env>, daemon: &PrivateContainerd, res: &mut Results) 
         res.latency = latency::run(env, res.warmup, res.iterations).await;
     }
     if enabled("throughput") {
-        let with_baseline = env_usize("WASMHYBRID_BENCH_BASELINE_THROUGHPUT", 0) == 1;
+        let with_baseline = env_usize("WASMHYBRID_BENCH_BASELINE_THROUGHPUT", 1) == 1;
         res.throughput = throughput::run(env, res.tasks, with_baseline).await;
     }
     if enabled("density") {
@@ -242,7 +242,9 @@ async fn main() -> Result<()> {
     println!("results: {}/suite.{{json,md,svg}}", out.display());
 
     let left = leftovers(&daemon, &sweep).await;
-    if !left.is_empty() {
+    if left.is_empty() {
+        println!("left behind: no container, no shim process");
+    } else {
         println!("left behind after the run: {left:?}");
     }
     if !res.failures.is_empty() {

@@ -62,8 +62,8 @@ async fn burst(env: &Arc<Env>, case: &Case, conc: usize, n: usize, tag: &str) ->
     (t0.elapsed().as_secs_f64(), failed.load(Ordering::Relaxed))
 }
 
-/// Every throughput case (the cold one and, unless `with_baseline`, the
-/// baseline's left out) at each concurrency.
+/// Every case but the cold one (and the baseline's unless
+/// `with_baseline`) at each concurrency.
 pub async fn run(env: &Arc<Env>, tasks: usize, with_baseline: bool) -> Vec<Cell> {
     let cases: Vec<Case> = env
         .cases
