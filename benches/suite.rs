@@ -229,6 +229,12 @@ async fn main() -> Result<()> {
     };
     measured?;
     res.failures = env.failures.all();
+    res.daemon_log = daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("level=error") || l.contains("level=warning"))
+        .map(String::from)
+        .collect();
 
     let md = res.markdown();
     println!("\n{md}");

@@ -22,6 +22,8 @@ pub struct Results {
     pub density: Vec<Density>,
     pub http: Vec<HttpSeries>,
     pub failures: Vec<String>,
+    /// containerd's log lines at level error or warning (shims log there).
+    pub daemon_log: Vec<String>,
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -202,6 +204,11 @@ impl Results {
             let _ = writeln!(md, "- {line}");
         }
         let _ = writeln!(md, "- failed runs: {}", self.failures.len());
+        let _ = writeln!(
+            md,
+            "- containerd log lines at level error or warning: {}",
+            self.daemon_log.len()
+        );
         md
     }
 
@@ -312,6 +319,7 @@ impl Results {
                         "concurrency": CONCURRENCY, "http_clients": CLIENTS},
             "latency": latency, "throughput": throughput, "density": density, "http": http,
             "goals": self.goals(), "failures": self.failures,
+            "containerd_log_errors_and_warnings": self.daemon_log,
         })
     }
 
