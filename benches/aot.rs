@@ -20,7 +20,7 @@ mod common;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use common::{iterations, median, ms, percentile, release_shim_dir};
+use common::{iterations, median, ms, percentile, release_shim_dir, remove_aot_entry};
 use sha2::{Digest, Sha256};
 use wasmhybrid_harness::client::{Ctrd, Phases, RunOpts, WASMHYBRID_RUNTIME};
 use wasmhybrid_harness::daemon::{DaemonOptions, PrivateContainerd};
@@ -53,21 +53,6 @@ struct Series {
     creates: Vec<f64>,
 }
 
-/// Removes the module's entry (its code and record) wherever it is.
-fn remove_entry(aot: &Path, hex: &str) -> Result<()> {
-    let Ok(targets) = std::fs::read_dir(aot) else {
-        return Ok(());
-    };
-    for t in targets.flatten() {
-        for k in std::fs::read_dir(t.path())?.flatten() {
-            for ext in ["cwasm", "json"] {
-                let _ = std::fs::remove_file(k.path().join(format!("{hex}.{ext}")));
-            }
-        }
-    }
-    Ok(())
-}
-
 fn set_owner(aot: &Path, uid: u32) -> Result<()> {
     std::fs::create_dir_all(aot)?;
     std::os::unix::fs::chown(aot, Some(uid), None).context("chown the cache dir")
@@ -75,7 +60,7 @@ fn set_owner(aot: &Path, uid: u32) -> Result<()> {
 
 async fn once(ctrd: &Ctrd, aot: &Path, m: &Module, cond: Cond, n: usize) -> Result<Phases> {
     match cond {
-        Cond::Cold => remove_entry(aot, &m.hex)?,
+        Cond::Cold => remove_aot_entry(aot, &m.hex)?,
         Cond::Warm => {}
         Cond::Uncached => set_owner(aot, 65534)?,
     }

@@ -1,40 +1,86 @@
-//! Helpers shared by the benchmarks (each includes this file as a module).
+//! Helpers shared by the benchmarks (each includes this file as a module
+//! and uses part of it).
+#![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wasmhybrid_harness::fixtures::repo_root;
 
-/// `WASMHYBRID_BENCH_ITERATIONS`, or `default`.
-pub fn iterations(default: usize) -> usize {
-    std::env::var("WASMHYBRID_BENCH_ITERATIONS")
+/// A `usize` from environment variable `name`, or `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// `WASMHYBRID_BENCH_ITERATIONS`, or `default`.
+pub fn iterations(default: usize) -> usize {
+    env_usize("WASMHYBRID_BENCH_ITERATIONS", default)
 }
 
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The `p` quantile (0..=1) of already sorted samples.
+/// The `p` quantile (0..=1) of already sorted samples (NaN if none).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx]
 }
 
-pub fn median(v: &[f64]) -> f64 {
+pub fn sorted(v: &[f64]) -> Vec<f64> {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    percentile(&s, 0.5)
+    s
 }
 
-/// `target/release`, where the release shim must have been built.
+pub fn median(v: &[f64]) -> f64 {
+    percentile(&sorted(v), 0.5)
+}
+
+/// The directory holding the shim under test: `WASMHYBRID_BENCH_SHIM_DIR`,
+/// else `$CARGO_TARGET_DIR/release`, else `target/release`.
 pub fn release_shim_dir() -> anyhow::Result<PathBuf> {
-    let dir = repo_root().join("target/release");
+    let dir = if let Some(dir) = std::env::var_os("WASMHYBRID_BENCH_SHIM_DIR") {
+        PathBuf::from(dir)
+    } else if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        repo_root().join(target).join("release")
+    } else {
+        repo_root().join("target/release")
+    };
     anyhow::ensure!(
         dir.join("containerd-shim-wasmhybrid-v1").is_file(),
-        "build the shim first: cargo build --release -p wasmhybrid-shim"
+        "no containerd-shim-wasmhybrid-v1 in {}: build the shim first \
+         (cargo build --release -p wasmhybrid-shim) or set WASMHYBRID_BENCH_SHIM_DIR",
+        dir.display()
     );
     Ok(dir)
+}
+
+/// Removes the AOT cache entry (code and record) of the module whose
+/// SHA-256 is `hex`, for every target and engine key under `aot`.
+pub fn remove_aot_entry(aot: &Path, hex: &str) -> anyhow::Result<()> {
+    let Ok(targets) = std::fs::read_dir(aot) else {
+        return Ok(());
+    };
+    for t in targets.flatten() {
+        for k in std::fs::read_dir(t.path())?.flatten() {
+            for ext in ["cwasm", "json"] {
+                let _ = std::fs::remove_file(k.path().join(format!("{hex}.{ext}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where the benchmarks write their results: `target/bench`.
+pub fn out_dir() -> anyhow::Result<PathBuf> {
+    let out = repo_root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    Ok(out)
 }

@@ -4,6 +4,9 @@
 # Installs the rustup targets when missing.
 set -euo pipefail
 cd "$(dirname "$0")/../fixtures"
+# The harness reads the fixtures from fixtures/target, whatever
+# CARGO_TARGET_DIR says for the main workspace.
+export CARGO_TARGET_DIR="$PWD/target"
 for t in wasm32-wasip1 wasm32-wasip2; do
   rustup target list --installed | grep -qx "$t" || rustup target add "$t"
 done

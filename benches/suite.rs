@@ -1,0 +1,264 @@
+//! The end-to-end suite: wasmhybrid against runc (and optionally an older
+//! wasmhybrid), all on one private containerd in one run, as ratios:
+//!
+//! 1. start-to-exit latency of each case (interleaved rounds);
+//! 2. throughput (tasks/s) at concurrency 1, 5 and 10;
+//! 3. density: the memory of idle long-running containers;
+//! 4. HTTP: create -> first 200 and request latency, Wasm vs native.
+//!
+//! Run with `bash benches/run.sh suite`. Settings (environment):
+//! `WASMHYBRID_BENCH_ITERATIONS` (60), `_TASKS` (300), `_DENSITY` (20),
+//! `_REQUESTS` (2000), `_HTTP_STARTS` (10), `_WARMUP` (3), `_BASELINE`
+//! (a directory holding an older `containerd-shim-wasmhybrid-v1`),
+//! `_BASELINE_THROUGHPUT` (0: the baseline only in the latency section),
+//! `_SECTIONS` (`latency,throughput,density,http`), `_SHIM_DIR`.
+//! Writes `target/bench/suite.{json,md,svg}`.
+
+#[path = "suite/cases.rs"]
+mod cases;
+#[path = "common.rs"]
+mod common;
+#[path = "suite/density.rs"]
+mod density;
+#[path = "suite/http.rs"]
+mod http;
+#[path = "suite/latency.rs"]
+mod latency;
+#[path = "suite/report.rs"]
+mod report;
+#[path = "suite/throughput.rs"]
+mod throughput;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use cases::Env;
+use common::{env_usize, out_dir, release_shim_dir};
+use report::Results;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use wasmhybrid_harness::daemon::{DaemonOptions, PrivateContainerd, ctr};
+use wasmhybrid_harness::fixtures::repo_root;
+
+/// Kills and deletes every container left in the namespace, then removes
+/// the namespace's (empty) cgroup directories; on drop, so that a failed
+/// or interrupted run leaves nothing behind. Declared after the daemon, so
+/// dropped before it.
+struct Sweep {
+    address: PathBuf,
+    ns: String,
+}
+
+impl Sweep {
+    fn containers(&self) -> Vec<String> {
+        ctr(&self.address, &self.ns, &["containers", "ls", "-q"])
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let left = self.containers();
+        if !left.is_empty() {
+            eprintln!("removing {} leftover containers", left.len());
+        }
+        for id in &left {
+            let _ = ctr(&self.address, &self.ns, &["tasks", "rm", "-f", id]);
+            let _ = ctr(&self.address, &self.ns, &["containers", "rm", id]);
+        }
+        remove_ns_cgroups(&self.ns);
+    }
+}
+
+/// Removes `/sys/fs/cgroup/*/<ns>` (and v2's) if empty.
+fn remove_ns_cgroups(ns: &str) {
+    let mut dirs = vec![Path::new("/sys/fs/cgroup").join(ns)];
+    for c in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        dirs.push(c.path().join(ns));
+    }
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|e| format!("{cmd}: {e}"))
+}
+
+fn binary_info(bin: &Path) -> Value {
+    let sha = std::fs::read(bin)
+        .map(|b| format!("{:x}", Sha256::digest(&b)))
+        .unwrap_or_default();
+    json!({
+        "path": bin.display().to_string(),
+        "sha256": sha,
+        "version": command_line(&bin.display().to_string(), &["-v"]),
+    })
+}
+
+fn machine_info(shim_dir: &Path, baseline: Option<&Path>) -> Value {
+    let root = repo_root().display().to_string();
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "containerd": command_line("containerd", &["--version"]),
+        "runc": command_line("runc", &["--version"]).lines().next().unwrap_or_default(),
+        "cgroup": density::cgroup_kind(),
+        "repo_revision": command_line("git", &["-C", &root, "describe", "--always", "--dirty", "--abbrev=12"]),
+        "shim": binary_info(&shim_dir.join("containerd-shim-wasmhybrid-v1")),
+        "baseline": baseline.map(|d| binary_info(&d.join("containerd-shim-wasmhybrid-v1"))),
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    })
+}
+
+fn enabled(section: &str) -> bool {
+    std::env::var("WASMHYBRID_BENCH_SECTIONS")
+        .map(|v| v.split(',').any(|s| s.trim() == section))
+        .unwrap_or(true)
+}
+
+async fn measure(env: &Arc<Env>, daemon: &PrivateContainerd, res: &mut Results) -> Result<()> {
+    if enabled("latency") {
+        res.latency = latency::run(env, res.warmup, res.iterations).await;
+    }
+    if enabled("throughput") {
+        let with_baseline = env_usize("WASMHYBRID_BENCH_BASELINE_THROUGHPUT", 1) == 1;
+        res.throughput = throughput::run(env, res.tasks, with_baseline).await;
+    }
+    if enabled("density") {
+        let n = env_usize("WASMHYBRID_BENCH_DENSITY", 20);
+        for kind in ["wasm", "runc"] {
+            let d = density::measure(env, daemon, kind, n).await?;
+            eprintln!(
+                "density: {kind}: {:.2} MiB PSS, {:.2} MiB cgroup per container",
+                d.pss_mib_per_container(),
+                d.cgroup_mib_per_container()
+            );
+            res.density.push(d);
+        }
+    }
+    if enabled("http") {
+        let starts = env_usize("WASMHYBRID_BENCH_HTTP_STARTS", 10);
+        let requests = env_usize("WASMHYBRID_BENCH_REQUESTS", 2000);
+        res.http = http::run(env, starts, requests).await?;
+    }
+    Ok(())
+}
+
+/// No container, shim process or container cgroup of ours left (waits a
+/// little for shims to exit).
+async fn leftovers(daemon: &PrivateContainerd, sweep: &Sweep) -> Vec<String> {
+    let mut left = vec![];
+    for _ in 0..50 {
+        left = sweep.containers();
+        left.extend(
+            daemon
+                .shim_pids()
+                .iter()
+                .map(|p| format!("shim process {p}")),
+        );
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    left
+}
+
+/// Returns on SIGINT or SIGTERM (so that the guards clean up).
+async fn interrupted() -> anyhow::Error {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => anyhow!("interrupted (SIGINT)"),
+                _ = term.recv() => anyhow!("terminated (SIGTERM)"),
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("cannot handle signals: {e}");
+            std::future::pending().await
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let shim_dir = release_shim_dir()?;
+    let baseline = std::env::var_os("WASMHYBRID_BENCH_BASELINE").map(PathBuf::from);
+    let machine = machine_info(&shim_dir, baseline.as_deref());
+    let mut daemon = PrivateContainerd::start(DaemonOptions {
+        shim_dir,
+        ..Default::default()
+    })?;
+    let ns = daemon.namespace("bench-suite");
+    let sweep = Sweep {
+        address: daemon.address(),
+        ns: ns.clone(),
+    };
+    let env = Arc::new(Env::prepare(&daemon, &ns, baseline.as_deref()).await?);
+    let mut res = Results {
+        warmup: env_usize("WASMHYBRID_BENCH_WARMUP", 3),
+        iterations: common::iterations(60),
+        tasks: env_usize("WASMHYBRID_BENCH_TASKS", 300),
+        ..Default::default()
+    };
+    let measured = tokio::select! {
+        r = measure(&env, &daemon, &mut res) => r,
+        e = interrupted() => Err(e),
+    };
+    measured?;
+    res.failures = env.failures.all();
+    res.daemon_log = daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("level=error") || l.contains("level=warning"))
+        .map(String::from)
+        .collect();
+
+    let md = res.markdown();
+    println!("\n{md}");
+    let out = out_dir()?;
+    std::fs::write(out.join("suite.md"), &md)?;
+    std::fs::write(out.join("suite.svg"), res.svg())?;
+    std::fs::write(
+        out.join("suite.json"),
+        serde_json::to_vec_pretty(&res.json(machine))?,
+    )?;
+    println!("results: {}/suite.{{json,md,svg}}", out.display());
+
+    let left = leftovers(&daemon, &sweep).await;
+    if left.is_empty() {
+        println!("left behind: no container, no shim process");
+    } else {
+        println!("left behind after the run: {left:?}");
+    }
+    if !res.failures.is_empty() {
+        anyhow::bail!(
+            "{} runs failed (in suite.json), first: {}",
+            res.failures.len(),
+            res.failures[0]
+        );
+    }
+    Ok(())
+}
