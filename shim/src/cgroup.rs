@@ -51,14 +51,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
     }
 }
 
-/// The container's cgroup (a direct one travels from the shim daemon to the
-/// container's zygote process).
-#[derive(serde::Serialize, serde::Deserialize)]
+/// The container's cgroup, held by the shim daemon.
 pub enum Cgroup {
     /// Directories made by this module: one per v1 hierarchy, or one (v2).
     Direct { dirs: Vec<PathBuf>, v2: bool },
-    /// Made through systemd by `libcgroups` (in the zygote process).
-    #[serde(skip)]
+    /// Made through systemd by `libcgroups`.
     Managed {
         manager: Box<AnyCgroupManager>,
         path: PathBuf,
@@ -148,38 +145,18 @@ impl Cgroup {
         Ok(Self::Direct { dirs, v2: false })
     }
 
-    /// For a v2 cgroup, a descriptor of it for `clone3(CLONE_INTO_CGROUP)`:
-    /// the process is born in it, with no migration.
-    pub fn clone_into(&self) -> Result<Option<OwnedFd>, CgroupError> {
+    /// What the container's process needs to know of its cgroup.
+    pub fn for_child(&self) -> ChildCgroup {
         match self {
-            Self::Direct { dirs, v2: true } => {
-                let fd = nix::fcntl::open(
-                    &dirs[0],
-                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| io(&dirs[0])(e.into()))?;
-                Ok(Some(fd))
-            }
-            _ => Ok(None),
+            Self::Direct { dirs, v2 } => ChildCgroup {
+                dirs: dirs.clone(),
+                v2: *v2,
+            },
+            Self::Managed { .. } => ChildCgroup::default(),
         }
     }
 
-    /// Called by the container's process itself, while it has one thread:
-    /// joins each v1 hierarchy through its `tasks` file. Moving only the
-    /// calling thread skips the kernel's global threadgroup lock, whose
-    /// RCU grace period made a `cgroup.procs` write from outside cost
-    /// 6-9 ms on a v1 host.
-    pub fn join_self(&self) -> Result<(), CgroupError> {
-        if let Self::Direct { dirs, v2: false } = self {
-            for dir in dirs {
-                write(&dir.join("tasks"), "0")?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Called by the zygote after the clone: puts `pid` into a cgroup
+    /// Called by the shim daemon after the clone: puts `pid` into a cgroup
     /// made through systemd and applies its limits (direct cgroups were
     /// limited at [`Cgroup::create`] and are joined at birth or by
     /// [`Cgroup::join_self`]).
@@ -264,6 +241,46 @@ pub fn remove_leftover(path: Option<&Path>, id: &str) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+/// A direct cgroup as the container's process sees it (sent to the
+/// zygote process that clones it); empty for a systemd-made one, which the
+/// daemon joins the process to.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ChildCgroup {
+    dirs: Vec<PathBuf>,
+    v2: bool,
+}
+
+impl ChildCgroup {
+    /// For a v2 cgroup, a descriptor of it for `clone3(CLONE_INTO_CGROUP)`:
+    /// the process is born in it, with no migration.
+    pub fn clone_into(&self) -> Result<Option<OwnedFd>, CgroupError> {
+        if !self.v2 || self.dirs.is_empty() {
+            return Ok(None);
+        }
+        let fd = nix::fcntl::open(
+            &self.dirs[0],
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io(&self.dirs[0])(e.into()))?;
+        Ok(Some(fd))
+    }
+
+    /// Called by the container's process itself, while it has one thread:
+    /// joins each v1 hierarchy through its `tasks` file. Moving only the
+    /// calling thread skips the kernel's global threadgroup lock, whose
+    /// RCU grace period made a `cgroup.procs` write from outside cost
+    /// 6-9 ms on a v1 host.
+    pub fn join_self(&self) -> Result<(), CgroupError> {
+        if !self.v2 {
+            for dir in &self.dirs {
+                write(&dir.join("tasks"), "0")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Enables the controllers a Wasm container uses in every ancestor's

@@ -17,20 +17,20 @@
 //! there: to the shim log and to the container's stderr (what `ctr` and the
 //! kubelet show), with a documented exit code ([`crate::exit`]).
 
-use std::cell::RefCell;
+use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use containerd_shimkit::sandbox::InstanceConfig;
-use nix::sys::signal::Signal;
+use containerd_shimkit::zygote::WireFd;
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::Cgroup;
+use crate::cgroup::ChildCgroup;
 use crate::dispatch::WasmForm;
 use crate::engine::{EngineError, GuestEnv, Loaded, Outcome, WasmEngine, Workload};
-use crate::isolation::{self, Container};
+use crate::isolation;
 use crate::{exit, http, signals};
 
 /// The shim's name: runtime type `io.containerd.wasmhybrid.v1`, state
@@ -91,11 +91,6 @@ enum Prepared {
 /// inherits it when [`build`] forks it.
 static PREPARED: Mutex<Option<Prepared>> = Mutex::new(None);
 
-thread_local! {
-    /// The container, held by its zygote process between calls.
-    static CONTAINER: RefCell<Option<Container>> = const { RefCell::new(None) };
-}
-
 fn engine() -> Result<WasmEngine, EngineError> {
     static ENGINE: OnceLock<WasmEngine> = OnceLock::new();
     if let Some(e) = ENGINE.get() {
@@ -149,21 +144,27 @@ pub fn load(plan: Plan) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Zygote task: creates the container (its init process waits for start).
-pub fn build((id, cfg, cgroup): (String, InstanceConfig, Option<Cgroup>)) -> Result<(), String> {
-    let result = build_container(&id, &cfg, cgroup);
-    // The init process has its own copy now.
+/// The container process's pid and its pipes, sent back to the daemon.
+pub type Built = (i32, WireFd<File>, WireFd<File>);
+
+/// Zygote task: clones the container's process (it waits for the daemon).
+pub fn build((id, cfg, cgroup): (String, InstanceConfig, ChildCgroup)) -> Result<Built, String> {
+    let result = build_container(&id, &cfg, &cgroup);
+    // The container's process has its own copy now.
     PREPARED.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let container = result.map_err(|e| format!("{e:#}"))?;
-    CONTAINER.with_borrow_mut(|c| *c = Some(container));
-    Ok(())
+    let cloned = result.map_err(|e| format!("{e:#}"))?;
+    Ok((
+        cloned.pid,
+        WireFd::new(cloned.control),
+        WireFd::new(cloned.report),
+    ))
 }
 
 fn build_container(
     id: &str,
     cfg: &InstanceConfig,
-    cgroup: Option<Cgroup>,
-) -> anyhow::Result<Container> {
+    cgroup: &ChildCgroup,
+) -> anyhow::Result<isolation::Cloned> {
     let spec = Spec::load(cfg.bundle.join("config.json"))?;
     match spec
         .annotations()
@@ -178,12 +179,8 @@ fn build_container(
         stdout: cfg.open_stdout().ok(),
         stderr: cfg.open_stderr().ok(),
     };
-    let cgroup = match cgroup {
-        Some(c) => c,
-        None => isolation::managed_or_direct(id, &spec, cfg.config.systemd_cgroup)?,
-    };
     let run_spec = spec.clone();
-    Ok(isolation::create(
+    Ok(isolation::clone_container(
         &cfg.bundle,
         &spec,
         cgroup,
@@ -193,36 +190,6 @@ fn build_container(
             run_init(prepared, &run_spec)
         },
     )?)
-}
-
-fn with_container<T>(f: impl FnOnce(&mut Container) -> anyhow::Result<T>) -> Result<T, String> {
-    CONTAINER.with_borrow_mut(|c| match c.as_mut() {
-        Some(c) => f(c).map_err(|e| format!("{e:#}")),
-        None => Err("the container was not created".to_string()),
-    })
-}
-
-/// Zygote task: the container process's pid.
-pub fn pid(_: ()) -> Result<i32, String> {
-    with_container(|c| Ok(c.pid().as_raw()))
-}
-
-/// Zygote task: lets the container process run the workload.
-pub fn start(_: ()) -> Result<(), String> {
-    with_container(|c| Ok(c.start()?))
-}
-
-/// Zygote task: signals the container.
-pub fn kill(signal: u32) -> Result<(), String> {
-    with_container(|c| {
-        let signal = Signal::try_from(signal as i32)?;
-        Ok(c.kill(signal)?)
-    })
-}
-
-/// Zygote task: kills what is left and removes the cgroup.
-pub fn delete(_: ()) -> Result<(), String> {
-    with_container(|c| Ok(c.delete()?))
 }
 
 /// Reports an error to the shim log and the container's stderr.
@@ -251,7 +218,12 @@ fn run_init(prepared: Option<Prepared>, spec: &Spec) -> i32 {
         }
     };
     log::info!("running {}", plan.reason);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: a Wasm instance runs on one thread anyway, and every
+    // extra worker costs the container a stack and a malloc arena (its
+    // idle memory was about twice a runc container's in benches/suite's
+    // density run with the default one worker per core). Blocking WASI
+    // calls still go to tokio's blocking pool.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -35,6 +35,7 @@ use crate::config::WorkloadConfig;
 use crate::dispatch::{self, DispatchError, WasmForm, WasmSource};
 use crate::engine::{EngineError, WasmEngine, Workload};
 use crate::executor::{self, Code, LoadError, Plan, RunPlan, SHIM_NAME};
+use crate::isolation::{Container, IsolationError};
 use crate::{exit, image, isolation, runc, source};
 
 /// Entry point of the shim daemon (and of containerd's other actions the
@@ -57,11 +58,15 @@ pub fn run_shim() {
 pub struct WasmInstance {
     id: String,
     exit_code: WaitableCell<(u32, DateTime<Utc>)>,
-    zygote: Zygote,
+    container: std::sync::Mutex<Container>,
 }
 
 fn zygote_err(e: impl std::fmt::Display) -> SandboxError {
     SandboxError::Others(format!("container process: {e}"))
+}
+
+fn isolation_err(e: IsolationError) -> SandboxError {
+    SandboxError::Others(e.to_string())
 }
 
 impl Instance for WasmInstance {
@@ -82,32 +87,54 @@ impl Instance for WasmInstance {
         // The cgroup is made here while the zygote process starts and loads.
         let cgroup = {
             let (id, spec, systemd) = (id.clone(), spec.clone(), cfg.config.systemd_cgroup);
-            tokio::task::spawn_blocking(move || isolation::direct_cgroup(&id, &spec, systemd))
+            tokio::task::spawn_blocking(move || isolation::make_cgroup(&id, &spec, systemd))
         };
         let zygote = Zygote::global().spawn();
-        let t_spawn = t0.elapsed();
         let loaded = load_code(&zygote, &ctx, &spec).await;
         let cgroup = cgroup
             .await
             .map_err(|e| SandboxError::Others(format!("making the cgroup: {e}")))?
-            .map_err(|e| SandboxError::Others(e.to_string()));
+            .map_err(isolation_err);
         let cgroup = match (loaded, cgroup) {
             (Ok(()), Ok(c)) => c,
-            (Err(e), Ok(Some(c))) => {
+            (Err(e), Ok(c)) => {
                 let _ = c.remove();
                 return Err(e);
             }
-            (Err(e), _) | (_, Err(e)) => return Err(e),
+            (_, Err(e)) => return Err(e),
         };
-        zygote
-            .try_run(executor::build, (id.clone(), cfg.clone(), cgroup))
-            .map_err(zygote_err)?
-            .map_err(SandboxError::Others)?;
-        log::debug!("created in {:?}: zygote {t_spawn:?}", t0.elapsed());
+        let built = zygote
+            .try_run(
+                executor::build,
+                (id.clone(), cfg.clone(), cgroup.for_child()),
+            )
+            .map_err(zygote_err)
+            .and_then(|r| r.map_err(SandboxError::Others));
+        // The zygote process is done: the container's process is the
+        // daemon's child and its pipes are here.
+        drop(zygote);
+        let (pid, control, report) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e);
+            }
+        };
+        let cloned = isolation::Cloned {
+            pid,
+            control: control.into_inner(),
+            report: report.into_inner(),
+        };
+        let container = tokio::task::spawn_blocking(move || {
+            Container::finish(cloned, cgroup, &spec).map_err(isolation_err)
+        })
+        .await
+        .map_err(|e| SandboxError::Others(format!("container setup: {e}")))??;
+        log::debug!("created in {:?}", t0.elapsed());
         Ok(Self {
             id,
             exit_code: WaitableCell::new(),
-            zygote,
+            container: std::sync::Mutex::new(container),
         })
     }
 
@@ -115,17 +142,12 @@ impl Instance for WasmInstance {
         log::info!("starting instance: {}", self.id);
         // An exit code is set even if waiting fails.
         let guard = self.exit_code.clone().set_guard_with(|| (137, Utc::now()));
-        let pid = self
-            .zygote
-            .try_run(executor::pid, ())
-            .map_err(zygote_err)?
-            .map_err(SandboxError::Others)?;
+        let mut container = self.container.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = container.pid().as_raw();
         // Before start, so that the exit cannot be missed.
         let pidfd = PidFd::new(pid)?;
-        self.zygote
-            .try_run(executor::start, ())
-            .map_err(zygote_err)?
-            .map_err(SandboxError::Others)?;
+        container.start().map_err(isolation_err)?;
+        drop(container);
         let exit_code = self.exit_code.clone();
         tokio::spawn(async move {
             let _guard = guard;
@@ -148,18 +170,24 @@ impl Instance for WasmInstance {
 
     async fn kill(&self, signal: u32) -> Result<(), SandboxError> {
         log::info!("sending signal {signal} to instance: {}", self.id);
-        self.zygote
-            .try_run(executor::kill, signal)
-            .map_err(zygote_err)?
-            .map_err(SandboxError::Others)
+        let signal = nix::sys::signal::Signal::try_from(signal as i32)
+            .map_err(|e| SandboxError::InvalidArgument(format!("signal {signal}: {e}")))?;
+        self.container
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .kill(signal)
+            .map_err(isolation_err)
     }
 
     async fn delete(&self) -> Result<(), SandboxError> {
         log::info!("deleting instance: {}", self.id);
-        self.zygote
-            .try_run(executor::delete, ())
-            .map_err(zygote_err)?
-            .map_err(SandboxError::Others)
+        // Normally immediate: the process has exited and left its cgroup
+        // (otherwise this waits up to 2 s for a killed one to leave).
+        self.container
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .delete()
+            .map_err(isolation_err)
     }
 
     async fn wait(&self) -> (u32, DateTime<Utc>) {

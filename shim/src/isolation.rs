@@ -12,15 +12,20 @@
 //! container runtime forks and re-executes several, is where
 //! [`create`] saves most of youki's container creation time.
 //!
-//! Sequence (zygote `Z`, container process `C`):
-//! 1. `Z` plans the namespaces (joining a pod's PID namespace itself, so
+//! Sequence (shim daemon `D`, the container's zygote process `Z`, the
+//! container process `C`):
+//! 1. `D` makes the container's cgroup with its limits ([`make_cgroup`])
+//!    while `Z` loads the code;
+//! 2. `Z` plans the namespaces (joining a pod's PID namespace itself, so
 //!    that `C` is born in it) and clones `C` as a sibling (`CLONE_PARENT`:
-//!    the shim daemon reaps it) in its new namespaces;
-//! 2. `Z` puts `C` into the container's cgroup and applies its resources;
-//! 3. `C` joins the namespaces given by path, builds its root filesystem,
+//!    `D` reaps it) in its new namespaces ([`clone_container`]), hands `D`
+//!    the pipes to `C` and exits;
+//! 3. `D` puts `C` into a systemd-made cgroup (a direct one `C` joins
+//!    itself, or is born in) and tells it to go on ([`Container::finish`]);
+//! 4. `C` joins the namespaces given by path, builds its root filesystem,
 //!    sets hostname, rlimits, user and capabilities, `no_new_privs` and
 //!    seccomp, and reports success or the error;
-//! 4. at `Tasks.Start`, `Z` tells `C` to run the workload.
+//! 5. at `Tasks.Start`, `D` tells `C` to run the workload.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -40,7 +45,7 @@ use nix::sys::stat::{Mode, mkdirat};
 use nix::unistd::{Gid, Pid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
-use crate::cgroup::{Cgroup, CgroupError};
+use crate::cgroup::{Cgroup, CgroupError, ChildCgroup};
 
 /// Why a Wasm container's process could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -199,45 +204,35 @@ pub struct Stdio {
     pub stderr: Option<File>,
 }
 
-/// Creates the container's process; it runs `run` (which returns the exit
-/// code) after [`Container::start`].
-pub fn create(
+/// A container process just cloned (in the zygote process), waiting for
+/// its cgroup: the shim daemon finishes it with [`Container::finish`].
+pub struct Cloned {
+    pub pid: i32,
+    /// Write end of the process's control pipe (`c`: in its cgroup; `s`:
+    /// start).
+    pub control: File,
+    /// Read end of its report pipe (success, or the error of its setup).
+    pub report: File,
+}
+
+/// Clones the container's process (in the zygote process `Z`); it sets
+/// itself up once told it is in its cgroup, then runs `run` (which returns
+/// the exit code) when told to start.
+pub fn clone_container(
     bundle: &Path,
     spec: &Spec,
-    cgroup: Cgroup,
+    cgroup: &ChildCgroup,
     stdio: Stdio,
     run: impl FnOnce() -> i32,
-) -> Result<Container, IsolationError> {
-    let ns = match plan_namespaces(spec) {
-        Ok(ns) => ns,
-        Err(e) => {
-            let _ = cgroup.remove();
-            return Err(e);
-        }
-    };
-    let started = (|| {
-        if let Some(fd) = &ns.pid {
-            setns(fd.as_fd(), CloneFlags::CLONE_NEWPID).map_err(sys("join the PID namespace"))?;
-        }
-        let control = pipe()?;
-        let report = pipe()?;
-        let into = cgroup.clone_into()?;
-        Ok((control, report, into))
-    })();
-    let ((control_r, control_w), (report_r, report_w), into) = match started {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = cgroup.remove();
-            return Err(e);
-        }
-    };
-    let pid = match clone3(ns.clone, into.as_ref()) {
-        Ok(pid) => pid,
-        Err(e) => {
-            let _ = cgroup.remove();
-            return Err(e);
-        }
-    };
+) -> Result<Cloned, IsolationError> {
+    let ns = plan_namespaces(spec)?;
+    if let Some(fd) = &ns.pid {
+        setns(fd.as_fd(), CloneFlags::CLONE_NEWPID).map_err(sys("join the PID namespace"))?;
+    }
+    let (control_r, control_w) = pipe()?;
+    let (report_r, report_w) = pipe()?;
+    let into = cgroup.clone_into()?;
+    let pid = clone3(ns.clone, into.as_ref())?;
     drop(into);
     if pid == 0 {
         drop((control_w, report_r));
@@ -245,44 +240,21 @@ pub fn create(
             bundle,
             spec,
             ns: &ns,
-            cgroup: &cgroup,
+            cgroup,
         };
         child(target, stdio, control_r, report_w, run);
     }
-    drop((control_r, report_w));
-    let pid = Pid::from_raw(pid);
-    let mut container = Container {
+    Ok(Cloned {
         pid,
-        control: Some(control_w),
-        cgroup,
-    };
-    // From here on, an error kills the process and removes the cgroup.
-    match container.finish_setup(spec, report_r) {
-        Ok(()) => Ok(container),
-        Err(e) => {
-            let _ = container.delete();
-            Err(e)
-        }
-    }
+        control: control_w,
+        report: report_r,
+    })
 }
 
-/// The cgroup of container `id` as its spec names it: made here (in the
-/// shim daemon, while the zygote loads the code) unless the systemd driver
-/// is used, which needs a systemd unit and is left to [`create`]'s caller
-/// in the zygote process (`None`).
-pub fn direct_cgroup(
-    id: &str,
-    spec: &Spec,
-    systemd: bool,
-) -> Result<Option<Cgroup>, IsolationError> {
-    if systemd {
-        return Ok(None);
-    }
-    managed_or_direct(id, spec, false).map(Some)
-}
-
-/// The cgroup of container `id`, made for whichever driver.
-pub fn managed_or_direct(id: &str, spec: &Spec, systemd: bool) -> Result<Cgroup, IsolationError> {
+/// The cgroup of container `id` as its spec names it, for the runtime's
+/// cgroup driver (made by the shim daemon while the zygote process loads
+/// the code).
+pub fn make_cgroup(id: &str, spec: &Spec, systemd: bool) -> Result<Cgroup, IsolationError> {
     let linux = spec.linux().as_ref();
     Ok(Cgroup::create(
         linux.and_then(|l| l.cgroups_path().as_deref()),
@@ -293,6 +265,24 @@ pub fn managed_or_direct(id: &str, spec: &Spec, systemd: bool) -> Result<Cgroup,
 }
 
 impl Container {
+    /// In the shim daemon: puts a cloned process into its cgroup (if the
+    /// process cannot do it itself), lets it set itself up and waits for its
+    /// report. On an error the process is killed and the cgroup removed.
+    pub fn finish(cloned: Cloned, cgroup: Cgroup, spec: &Spec) -> Result<Self, IsolationError> {
+        let mut container = Container {
+            pid: Pid::from_raw(cloned.pid),
+            control: Some(cloned.control),
+            cgroup,
+        };
+        match container.finish_setup(spec, cloned.report) {
+            Ok(()) => Ok(container),
+            Err(e) => {
+                let _ = container.delete();
+                Err(e)
+            }
+        }
+    }
+
     pub fn pid(&self) -> Pid {
         self.pid
     }
@@ -386,7 +376,7 @@ struct Target<'a> {
     bundle: &'a Path,
     spec: &'a Spec,
     ns: &'a Namespaces,
-    cgroup: &'a Cgroup,
+    cgroup: &'a ChildCgroup,
 }
 
 fn child(
