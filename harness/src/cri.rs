@@ -510,6 +510,15 @@ fn kubelet_namespaces() -> NamespaceOption {
     }
 }
 
+/// The namespaces of a pod with `shareProcessNamespace: true`: one PID
+/// namespace for the whole pod (the pause process is its PID 1).
+pub fn shared_pid_namespaces() -> NamespaceOption {
+    NamespaceOption {
+        pid: NamespaceMode::Pod as i32,
+        ..kubelet_namespaces()
+    }
+}
+
 fn status_error(what: &str, e: tonic::Status) -> anyhow::Error {
     anyhow!("{what}: {} ({:?})", e.message(), e.code())
 }
@@ -621,6 +630,19 @@ impl Cri {
         handler: &str,
         annotations: &[(&str, &str)],
     ) -> Result<Pod> {
+        self.run_pod_sandbox_with(name, handler, annotations, kubelet_namespaces())
+            .await
+    }
+
+    /// [`Cri::run_pod_sandbox`] with other namespace options (e.g.
+    /// [`shared_pid_namespaces`]); the pod's containers get the same.
+    pub async fn run_pod_sandbox_with(
+        &mut self,
+        name: &str,
+        handler: &str,
+        annotations: &[(&str, &str)],
+        namespaces: NamespaceOption,
+    ) -> Result<Pod> {
         let log_dir = self.log_root.join(name);
         std::fs::create_dir_all(&log_dir)?;
         let config = PodSandboxConfig {
@@ -639,7 +661,7 @@ impl Cri {
             labels: HashMap::from([("app".to_string(), name.to_string())]),
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(kubelet_namespaces()),
+                    namespace_options: Some(namespaces),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -710,7 +732,15 @@ impl Cri {
             log_path: format!("{}.log", spec.name),
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(kubelet_namespaces()),
+                    // As the kubelet does: the pod's namespace options.
+                    namespace_options: Some(
+                        pod.config
+                            .linux
+                            .as_ref()
+                            .and_then(|l| l.security_context.as_ref())
+                            .and_then(|c| c.namespace_options.clone())
+                            .unwrap_or_else(kubelet_namespaces),
+                    ),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -15,6 +15,7 @@ use std::time::Duration;
 use wasmhybrid_harness::cri::api::ContainerState;
 use wasmhybrid_harness::cri::{
     ContainerSpec, Cri, CriEnv, CriLog, Pod, RUNC_HANDLER, WASMHYBRID_HANDLER,
+    shared_pid_namespaces,
 };
 use wasmhybrid_harness::fixtures::Fixture;
 use wasmhybrid_harness::image::ImageSpec;
@@ -168,6 +169,70 @@ async fn wasm_command_pod_logs_and_exit_codes() {
     assert_dispatched(&env, &id, "dispatch: wasm: Wasm image localhost/wh/cmd-p1");
 
     remove_and_check(&mut env, &[&pod]).await;
+}
+
+/// `shareProcessNamespace: true`: the Wasm container joins the pod's PID
+/// namespace (the pause process is PID 1 there) by path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_container_in_a_pod_sharing_one_pid_namespace() {
+    let mut env = start_env().await;
+    import(
+        &mut env,
+        ImageSpec::rootfs(P1_ROOTFS, "wh-cmd.wasm", bytes(Fixture::CmdP1)),
+    )
+    .await;
+    let pod = env
+        .cri
+        .run_pod_sandbox_with(
+            "shared-pid",
+            WASMHYBRID_HANDLER,
+            &[],
+            shared_pid_namespaces(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\ncontainerd's log:\n{}", env.daemon.log()));
+    let hello = ContainerSpec::new("hello", P1_ROOTFS, &["/wh-cmd.wasm", "hello"]);
+    let id = run(&mut env, &pod, &hello).await;
+    let (code, log) = exited(&mut env, &pod, "hello", &id).await;
+    assert_eq!(code, 0, "{log:?}");
+    assert_eq!(log.text("stdout"), "hello from wasm\n", "{log:?}");
+    assert_dispatched(&env, &id, "dispatch: wasm: Wasm image localhost/wh/cmd-p1");
+
+    // A long-running one is not PID 1 of its namespace: the pause is.
+    let sleeper = ContainerSpec::new("sleeper", P1_ROOTFS, &["/wh-cmd.wasm", "sleep", "3600"]);
+    let id = run(&mut env, &pod, &sleeper).await;
+    let nspid = tokio::task::spawn_blocking(move || nspid_of_container(&id))
+        .await
+        .expect("join");
+    let levels: Vec<&str> = nspid.split_whitespace().collect();
+    assert_eq!(levels.len(), 2, "NSpid {nspid}");
+    assert_ne!(
+        levels[1], "1",
+        "the pod's pause is PID 1, not the Wasm process: {nspid}"
+    );
+    remove_and_check(&mut env, &[&pod]).await;
+}
+
+/// `NSpid` of the process whose cgroup is named after container `id`.
+fn nspid_of_container(id: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let dir = entry.path();
+            let cgroup = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+            if cgroup.lines().any(|l| l.ends_with(id)) {
+                let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+                if let Some(v) = status.lines().find_map(|l| l.strip_prefix("NSpid:")) {
+                    return v.trim().to_string();
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no process in container {id}'s cgroup"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
