@@ -12,15 +12,15 @@
 //!   `shim.pid`; the tasks' processes; all their descendants), each
 //!   counted once, from `/proc/PID/smaps_rollup`;
 //! - cgroup: the sum over the containers' memory cgroups (found from
-//!   `/proc/<task pid>/cgroup`) of `memory.current` (cgroup v2) or
-//!   `memory.usage_in_bytes` (v1).
+//!   `/proc/<task pid>/cgroup`) of what `memory.stat` (and on v1
+//!   `memory.kmem.usage_in_bytes`) says is charged, see [`cgroup_memory`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use wasmhybrid_harness::client::Running;
 use wasmhybrid_harness::daemon::PrivateContainerd;
 use wasmhybrid_harness::netns::NetNs;
@@ -179,47 +179,60 @@ fn pss_kib(pid: i32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The memory usage file of the cgroup of process `pid`, and its value.
+/// The memory cgroup of process `pid` and the memory charged to it.
+///
+/// Not `memory.usage_in_bytes` (v1) or `memory.current` (v2): those
+/// include charges each CPU takes in advance in batches of 64 pages, so an
+/// idle container's value is rounded up by up to 256 KiB per CPU (the
+/// kernel's cgroup v1 documentation says to use `memory.stat` instead).
+/// v1: `total_rss + total_cache + total_swap` of `memory.stat` plus
+/// `memory.kmem.usage_in_bytes`; v2: `anon + file + kernel` of
+/// `memory.stat`.
 pub fn cgroup_memory(pid: u32) -> Result<(PathBuf, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .with_context(|| format!("cgroup of {pid}"))?;
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let file = text
+    let dir = text
         .lines()
         .find_map(|l| {
             let mut f = l.splitn(3, ':');
             let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
             let path = path.trim_start_matches('/');
             if v2 && controllers.is_empty() {
-                Some(
-                    Path::new("/sys/fs/cgroup")
-                        .join(path)
-                        .join("memory.current"),
-                )
+                Some(Path::new("/sys/fs/cgroup").join(path))
             } else if controllers.split(',').any(|c| c == "memory") {
-                Some(
-                    Path::new("/sys/fs/cgroup/memory")
-                        .join(path)
-                        .join("memory.usage_in_bytes"),
-                )
+                Some(Path::new("/sys/fs/cgroup/memory").join(path))
             } else {
                 None
             }
         })
         .ok_or_else(|| anyhow!("no memory cgroup for {pid} in {text:?}"))?;
-    let value =
-        std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
-    match value.trim().parse() {
-        Ok(v) => Ok((file, v)),
-        Err(_) => bail!("{}: {value:?}", file.display()),
-    }
+    let stat_file = dir.join("memory.stat");
+    let stat = std::fs::read_to_string(&stat_file)
+        .with_context(|| format!("read {}", stat_file.display()))?;
+    let field = |name: &str| -> u64 {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let value = if v2 {
+        field("anon") + field("file") + field("kernel")
+    } else {
+        let kmem = dir.join("memory.kmem.usage_in_bytes");
+        let kmem: u64 = std::fs::read_to_string(&kmem)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        field("total_rss") + field("total_cache") + field("total_swap") + kmem
+    };
+    Ok((stat_file, value))
 }
 
-/// `memory.current` (cgroup v2) or `memory.usage_in_bytes` (v1).
+/// What [`cgroup_memory`] adds up.
 pub fn cgroup_kind() -> &'static str {
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "cgroup v2 memory.current"
+        "cgroup v2 memory.stat anon+file+kernel"
     } else {
-        "cgroup v1 memory.usage_in_bytes"
+        "cgroup v1 memory.stat total_rss+total_cache+total_swap + memory.kmem.usage_in_bytes"
     }
 }
