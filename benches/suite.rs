@@ -40,7 +40,7 @@ use common::{env_usize, out_dir, release_shim_dir};
 use report::Results;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use wasmhybrid_harness::daemon::{DaemonOptions, PrivateContainerd, ctr};
+use wasmhybrid_harness::daemon::{DaemonOptions, PrivateContainerd, ctr, remove_namespace_cgroups};
 use wasmhybrid_harness::fixtures::repo_root;
 
 /// Kills and deletes every container left in the namespace, then removes
@@ -75,22 +75,7 @@ impl Drop for Sweep {
             let _ = ctr(&self.address, &self.ns, &["tasks", "rm", "-f", id]);
             let _ = ctr(&self.address, &self.ns, &["containers", "rm", id]);
         }
-        remove_ns_cgroups(&self.ns);
-    }
-}
-
-/// Removes `/sys/fs/cgroup/*/<ns>` (and v2's) if empty.
-fn remove_ns_cgroups(ns: &str) {
-    let mut dirs = vec![Path::new("/sys/fs/cgroup").join(ns)];
-    for c in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        dirs.push(c.path().join(ns));
-    }
-    for d in dirs.iter().filter(|d| d.is_dir()) {
-        let _ = std::fs::remove_dir(d);
+        remove_namespace_cgroups(&self.ns);
     }
 }
 

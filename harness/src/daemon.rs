@@ -285,6 +285,7 @@ impl Drop for PrivateContainerd {
         self.kill_shims();
         for ns in &self.namespaces {
             let _ = std::fs::remove_dir_all(Path::new(SHIM_STATE_ROOT).join(ns));
+            remove_namespace_cgroups(ns);
         }
         // Unmount anything left under our root (e.g. after a failed test)
         // so the temp dir can be removed.
@@ -300,6 +301,40 @@ impl Drop for PrivateContainerd {
                 let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
             }
         }
+    }
+}
+
+/// Removes the cgroups of containerd namespace `ns` (the harness's specs
+/// put a container at `/<ns>/<id>`), in every hierarchy: kills what is
+/// still in a container's cgroup (e.g. after a failed test killed its
+/// shim), then removes the containers' and the namespace's directories.
+pub fn remove_namespace_cgroups(ns: &str) {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join(ns)];
+    for h in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        dirs.push(h.path().join(ns));
+    }
+    for dir in dirs.iter().filter(|d| d.is_dir()) {
+        for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let child = child.path();
+            if !child.is_dir() {
+                continue;
+            }
+            for _ in 0..50 {
+                let procs = std::fs::read_to_string(child.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                if std::fs::remove_dir(&child).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
     }
 }
 
