@@ -490,6 +490,104 @@ fn warn_unsupported(r: &LinuxResources) {
 mod tests {
     use super::*;
 
+    fn fake_v2_dir(dir: &Path, controllers: &str) {
+        std::fs::create_dir_all(dir).expect("dir");
+        std::fs::write(dir.join("cgroup.controllers"), controllers).expect("controllers");
+        std::fs::write(dir.join("cgroup.subtree_control"), "").expect("subtree");
+    }
+
+    #[test]
+    fn v2_controllers_are_enabled_down_to_the_parent_only_where_missing() {
+        let root = tempfile::tempdir().expect("tempdir");
+        fake_v2_dir(root.path(), "cpuset cpu io memory pids");
+        fake_v2_dir(&root.path().join("ns"), "cpu io memory pids");
+        std::fs::write(
+            root.path().join("ns/cgroup.subtree_control"),
+            "cpu memory pids io",
+        )
+        .expect("enabled");
+        enable_v2_controllers(root.path(), Path::new("ns/container")).expect("enable");
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).expect("read");
+        assert_eq!(read("cgroup.subtree_control"), "+cpu +memory +pids +io");
+        // Already enabled in `ns`: not written again.
+        assert_eq!(read("ns/cgroup.subtree_control"), "cpu memory pids io");
+        // The container's own directory is made by the caller.
+        assert!(!root.path().join("ns/container").exists());
+    }
+
+    #[test]
+    fn v2_limits_are_written_as_runc_writes_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = oci_spec::runtime::LinuxResourcesBuilder::default()
+            .memory(
+                oci_spec::runtime::LinuxMemoryBuilder::default()
+                    .limit(64 << 20)
+                    .swap(96 << 20)
+                    .reservation(32 << 20)
+                    .build()
+                    .expect("memory"),
+            )
+            .cpu(
+                oci_spec::runtime::LinuxCpuBuilder::default()
+                    .shares(1024u64)
+                    .quota(50_000i64)
+                    .period(100_000u64)
+                    .build()
+                    .expect("cpu"),
+            )
+            .pids(
+                oci_spec::runtime::LinuxPidsBuilder::default()
+                    .limit(64)
+                    .build()
+                    .expect("pids"),
+            )
+            .build()
+            .expect("resources");
+        apply_v2(dir.path(), &r).expect("apply");
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).expect(f);
+        assert_eq!(read("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read("memory.swap.max"), (32u64 << 20).to_string());
+        assert_eq!(read("memory.low"), (32u64 << 20).to_string());
+        assert_eq!(read("cpu.weight"), "39");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(read("pids.max"), "64");
+    }
+
+    #[test]
+    fn v1_limits_go_to_the_hierarchy_that_has_the_file() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let memory = root.path().join("memory/ns/c");
+        let pids = root.path().join("pids/ns/c");
+        for (d, f) in [(&memory, "memory.limit_in_bytes"), (&pids, "pids.max")] {
+            std::fs::create_dir_all(d).expect("dir");
+            std::fs::write(d.join(f), "").expect("file");
+        }
+        let r = oci_spec::runtime::LinuxResourcesBuilder::default()
+            .memory(
+                oci_spec::runtime::LinuxMemoryBuilder::default()
+                    .limit(64 << 20)
+                    .build()
+                    .expect("memory"),
+            )
+            .pids(
+                oci_spec::runtime::LinuxPidsBuilder::default()
+                    .limit(0)
+                    .build()
+                    .expect("pids"),
+            )
+            .build()
+            .expect("resources");
+        apply_v1(&[memory.clone(), pids.clone()], &r).expect("apply");
+        assert_eq!(
+            std::fs::read_to_string(memory.join("memory.limit_in_bytes")).expect("read"),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            std::fs::read_to_string(pids.join("pids.max")).expect("read"),
+            "max"
+        );
+    }
+
     #[test]
     fn shares_convert_like_runc() {
         assert_eq!(shares_to_weight(2), 1);
