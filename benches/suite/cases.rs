@@ -18,7 +18,8 @@ pub const WASM_ROOTFS: &str = "localhost/bench/hello:rootfs";
 /// The same module with one more custom section (another digest, the same
 /// code), so that emptying its cache entry leaves the warm cases warm.
 pub const WASM_COLD: &str = "localhost/bench/hello:cold";
-pub const BUSYBOX: &str = "localhost/bench/busybox:latest";
+/// `fixtures/wh-cmd` built natively (static): the same program for runc.
+pub const NATIVE: &str = "localhost/bench/hello:native";
 pub const HEAVY_IO: &str = "localhost/bench/busybox:heavy-io";
 pub const HTTP_WASM: &str = "localhost/bench/http:artifact";
 /// busybox with `/www/index.html`, for `busybox httpd`.
@@ -139,7 +140,11 @@ impl Env {
             ImageSpec::artifact(WASM_ARTIFACT, WASM_CONTENT_LAYER, wasm.clone()),
             ImageSpec::rootfs(WASM_ROOTFS, "wh-cmd.wasm", wasm),
             ImageSpec::artifact(WASM_COLD, WASM_CONTENT_LAYER, cold),
-            ImageSpec::busybox(BUSYBOX)?,
+            ImageSpec::native(
+                NATIVE,
+                vec![("wh-cmd".into(), Fixture::CmdNative.bytes()?, 0o755)],
+                &["/wh-cmd"],
+            ),
             ImageSpec::busybox(HEAVY_IO)?.with_label("wasmhybrid.io/workload", "heavy-io"),
             ImageSpec::artifact(HTTP_WASM, WASM_COMPONENT_LAYER, Fixture::Http.bytes()?),
             httpd,
@@ -156,7 +161,7 @@ impl Env {
                 WASM_STDOUT,
             ),
             Case::new("wasm-rootfs", WASMHYBRID_RUNTIME, WASM_ROOTFS, WASM_STDOUT),
-            Case::new("runc", RUNC_RUNTIME, BUSYBOX, RUNC_STDOUT).args(&echo),
+            Case::new("runc", RUNC_RUNTIME, NATIVE, WASM_STDOUT),
             Case::new("heavy-io", WASMHYBRID_RUNTIME, HEAVY_IO, RUNC_STDOUT).args(&echo),
             Case {
                 cold: true,

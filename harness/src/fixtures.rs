@@ -24,6 +24,10 @@ pub enum Fixture {
     CmdP1,
     /// `fixtures/wh-cmd` built for wasm32-wasip2: a `wasi:cli/run` component.
     CmdP2,
+    /// `fixtures/wh-cmd` built for this machine, statically linked: the
+    /// same program as a native executable (the benchmarks run it under
+    /// runc).
+    CmdNative,
     /// `fixtures/wh-http`: a `wasi:http/proxy` component.
     Http,
     /// `fixtures/wat/hello.wat`: a tiny core module.
@@ -41,6 +45,10 @@ impl Fixture {
         match self {
             Fixture::CmdP1 => root.join("target/wasm32-wasip1/release/wh-cmd.wasm"),
             Fixture::CmdP2 => root.join("target/wasm32-wasip2/release/wh-cmd.wasm"),
+            Fixture::CmdNative => root
+                .join("target")
+                .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
+                .join("release/wh-cmd"),
             Fixture::Http => root.join("target/wasm32-wasip2/release/wh_http.wasm"),
             Fixture::HelloWat => root.join("wat/hello.wat"),
             Fixture::NoStartWat => root.join("wat/no-start.wat"),
@@ -48,7 +56,7 @@ impl Fixture {
         }
     }
 
-    /// The fixture's Wasm binary.
+    /// The fixture's binary (Wasm, or native for [`Fixture::CmdNative`]).
     pub fn bytes(self) -> Result<Vec<u8>> {
         let path = self.path();
         match self {
@@ -65,7 +73,8 @@ impl Fixture {
     }
 }
 
-/// Builds the Rust fixtures for the wasm32 targets (`big`: also wh-big).
+/// Builds the Rust fixtures for the wasm32 targets and wh-cmd for this
+/// machine (`big`: also wh-big).
 pub fn build_fixtures(big: bool) -> Result<()> {
     let script = repo_root().join("scripts/build-fixtures.sh");
     let status = Command::new("bash")
