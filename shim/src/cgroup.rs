@@ -100,11 +100,8 @@ impl Cgroup {
                 path,
             });
         }
-        let rel = match path {
-            Some(p) if p.is_absolute() => p.strip_prefix("/").unwrap_or(p).to_path_buf(),
-            Some(p) => return Err(CgroupError::Relative(p.to_path_buf())),
-            None => PathBuf::from("wasmhybrid").join(id),
-        };
+        let rel = relative_path(path, id)
+            .ok_or_else(|| CgroupError::Relative(path.unwrap_or(Path::new("")).to_path_buf()))?;
         let cpuset = resources
             .and_then(|r| r.cpu().as_ref())
             .is_some_and(|c| c.cpus().is_some() || c.mems().is_some());
@@ -151,9 +148,19 @@ impl Cgroup {
             Self::Direct { dirs, v2 } => ChildCgroup {
                 dirs: dirs.clone(),
                 v2: *v2,
+                joined_by_daemon: false,
             },
-            Self::Managed { .. } => ChildCgroup::default(),
+            Self::Managed { .. } => ChildCgroup {
+                joined_by_daemon: true,
+                ..ChildCgroup::default()
+            },
         }
+    }
+
+    /// Whether the daemon puts the process into this cgroup ([`Cgroup::join`])
+    /// and the process waits for that before it sets itself up.
+    pub fn joined_by_daemon(&self) -> bool {
+        matches!(self, Self::Managed { .. })
     }
 
     /// Called by the shim daemon after the clone: puts `pid` into a cgroup
@@ -207,11 +214,9 @@ impl Cgroup {
 /// After a shim daemon died: kills whatever is left in a container's
 /// (cgroupfs) cgroup and removes it. Returns what it removed.
 pub fn remove_leftover(path: Option<&Path>, id: &str) -> Vec<PathBuf> {
-    let rel = match path {
-        Some(p) if p.is_absolute() => p.strip_prefix("/").unwrap_or(p).to_path_buf(),
-        // Relative and systemd paths are never made by this module.
-        Some(_) => return vec![],
-        None => PathBuf::from("wasmhybrid").join(id),
+    // Relative and systemd paths are never made by this module.
+    let Some(rel) = relative_path(path, id) else {
+        return vec![];
     };
     let dirs: Vec<PathBuf> = if is_v2() {
         vec![Path::new(ROOT).join(&rel)]
@@ -243,13 +248,25 @@ pub fn remove_leftover(path: Option<&Path>, id: &str) -> Vec<PathBuf> {
     removed
 }
 
-/// A direct cgroup as the container's process sees it (sent to the
-/// zygote process that clones it); empty for a systemd-made one, which the
-/// daemon joins the process to.
+/// A container's cgroup below each hierarchy's root: the spec's absolute
+/// `cgroupsPath`, or `wasmhybrid/<id>`; `None` for a relative path.
+fn relative_path(path: Option<&Path>, id: &str) -> Option<PathBuf> {
+    match path {
+        Some(p) if p.is_absolute() => Some(p.strip_prefix("/").unwrap_or(p).to_path_buf()),
+        Some(_) => None,
+        None => Some(PathBuf::from("wasmhybrid").join(id)),
+    }
+}
+
+/// A cgroup as the container's process sees it (sent to the zygote
+/// process that clones it): the directories of a direct one, which it
+/// joins itself or is born in; for a systemd-made one, nothing to join:
+/// it waits until the daemon has put it there.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ChildCgroup {
     dirs: Vec<PathBuf>,
     v2: bool,
+    pub joined_by_daemon: bool,
 }
 
 impl ChildCgroup {
@@ -272,7 +289,7 @@ impl ChildCgroup {
     /// joins each v1 hierarchy through its `tasks` file. Moving only the
     /// calling thread skips the kernel's global threadgroup lock, whose
     /// RCU grace period made a `cgroup.procs` write from outside cost
-    /// 6-9 ms on a v1 host.
+    /// 6-20 ms on a v1 host.
     pub fn join_self(&self) -> Result<(), CgroupError> {
         if !self.v2 {
             for dir in &self.dirs {

@@ -137,8 +137,7 @@ fn delete_wasm(bundle: &Path, flags: &Flags) -> i32 {
             &format!("delete: removed the cgroup left by a dead shim: {removed:?}"),
         );
     }
-    let mut resp = runc::cleaned_response(bundle);
-    resp.pid = 0;
+    let resp = runc::cleaned_response(bundle);
     let mut out = std::io::stdout().lock();
     let written = resp.write_to_writer(&mut out).is_ok() && out.flush().is_ok();
     if written { 0 } else { 1 }

@@ -10,7 +10,7 @@
 //! mounted (WASI has no way to reach them), so neither are the masked and
 //! read-only paths over them. That, and a single process where a general
 //! container runtime forks and re-executes several, is where
-//! [`create`] saves most of youki's container creation time.
+//! [`clone_container`] saves most of youki's container creation time.
 //!
 //! Sequence (shim daemon `D`, the container's zygote process `Z`, the
 //! container process `C`):
@@ -20,11 +20,12 @@
 //!    that `C` is born in it) and clones `C` as a sibling (`CLONE_PARENT`:
 //!    `D` reaps it) in its new namespaces ([`clone_container`]), hands `D`
 //!    the pipes to `C` and exits;
-//! 3. `D` puts `C` into a systemd-made cgroup (a direct one `C` joins
-//!    itself, or is born in) and tells it to go on ([`Container::finish`]);
+//! 3. `C` joins its direct cgroup itself (v1) or was born in it (v2); a
+//!    systemd-made one `D` puts it into, and `C` waits for that
+//!    ([`Container::finish`]);
 //! 4. `C` joins the namespaces given by path, builds its root filesystem,
 //!    sets hostname, rlimits, user and capabilities, `no_new_privs` and
-//!    seccomp, and reports success or the error;
+//!    seccomp, and reports success or the error, which `D` waits for;
 //! 5. at `Tasks.Start`, `D` tells `C` to run the workload.
 
 use std::ffi::OsStr;
@@ -204,20 +205,20 @@ pub struct Stdio {
     pub stderr: Option<File>,
 }
 
-/// A container process just cloned (in the zygote process), waiting for
-/// its cgroup: the shim daemon finishes it with [`Container::finish`].
+/// A container process just cloned (in the zygote process), setting
+/// itself up: the shim daemon finishes it with [`Container::finish`].
 pub struct Cloned {
     pub pid: i32,
-    /// Write end of the process's control pipe (`c`: in its cgroup; `s`:
-    /// start).
+    /// Write end of the process's control pipe (`c`: in its systemd-made
+    /// cgroup; `s`: start).
     pub control: File,
     /// Read end of its report pipe (success, or the error of its setup).
     pub report: File,
 }
 
 /// Clones the container's process (in the zygote process `Z`); it sets
-/// itself up once told it is in its cgroup, then runs `run` (which returns
-/// the exit code) when told to start.
+/// itself up at once (in a systemd-made cgroup once the daemon has put it
+/// there), then runs `run` (which returns the exit code) when told to start.
 pub fn clone_container(
     bundle: &Path,
     spec: &Spec,
@@ -289,7 +290,9 @@ impl Container {
 
     fn finish_setup(&mut self, spec: &Spec, mut report_r: File) -> Result<(), IsolationError> {
         self.join_cgroup(spec)?;
-        self.send(b'c')?;
+        if self.cgroup.joined_by_daemon() {
+            self.send(b'c')?;
+        }
         let mut report = Vec::new();
         let _ = report_r.read_to_end(&mut report);
         match report.split_first() {
@@ -387,8 +390,10 @@ fn child(
     run: impl FnOnce() -> i32,
 ) -> ! {
     let mut byte = [0u8];
-    // Wait until `Z` has put this process into its cgroup.
-    if control.read_exact(&mut byte).is_err() || byte[0] != b'c' {
+    // A systemd-made cgroup: wait until the daemon has put this process
+    // there. A direct one it joins itself, without waiting for anybody.
+    if target.cgroup.joined_by_daemon && (control.read_exact(&mut byte).is_err() || byte[0] != b'c')
+    {
         std::process::exit(crate::exit::NOT_RUNNABLE);
     }
     if let Err(e) = setup(&target, stdio) {
