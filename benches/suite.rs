@@ -151,7 +151,9 @@ async fn measure(env: &Arc<Env>, daemon: &PrivateContainerd, res: &mut Results) 
 /// little for shims to exit).
 async fn leftovers(daemon: &PrivateContainerd, sweep: &Sweep) -> Vec<String> {
     let mut left = vec![];
-    for _ in 0..50 {
+    // A namespace's shim daemon stays up 10 s (WASMHYBRID_SHIM_LINGER's
+    // default) after its last container.
+    for _ in 0..150 {
         left = sweep.containers();
         left.extend(
             daemon

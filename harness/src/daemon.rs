@@ -28,6 +28,9 @@ pub struct DaemonOptions {
     /// at every (re)start, so that an edit followed by
     /// [`PrivateContainerd::restart`] takes effect (as node-setup does).
     pub config_file: Option<PathBuf>,
+    /// Extra environment of containerd, which its shims inherit (e.g. the
+    /// shim's `WASMHYBRID_SHIM_*` settings).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running private containerd.
@@ -117,6 +120,7 @@ impl PrivateContainerd {
             .env("PATH", path)
             // Shims inherit containerd's environment: a private AOT cache.
             .env("WASMHYBRID_CACHE_DIR", self.aot_cache_dir())
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -2,9 +2,11 @@
 //!
 //! - `start` (cwd = the bundle): decide the runtime ([`dispatch::route`]);
 //!   for runc, hand over to `containerd-shim-runc-v2` ([`crate::runc`]);
-//!   for Wasm, spawn this shim's daemon and print its socket address;
+//!   for Wasm, print the address of the group's daemon ([`daemon::lease`]),
+//!   spawning it if none is up;
 //! - `delete`: clean up after a dead shim, by whichever shim owned it;
-//! - no action: the long-running shim daemon (runwasi's framework);
+//! - no action: the long-running shim daemon ([`daemon`]), shared by a
+//!   group of containers;
 //! - `cache ...` (or run as `wasmhybrid`): the operator tool ([`tool`]).
 //!
 //! `start` must print nothing but the address on stdout and stderr
@@ -21,14 +23,10 @@ use containerd_shim::{Flags, StartOpts};
 use oci_spec::runtime::Spec;
 
 use crate::dispatch::{self, Route, Runtime};
-use crate::{image, instance, runc, tool};
+use crate::{daemon, image, runc, tool};
 
 /// Environment variable containerd sets with its TTRPC address.
 const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
-/// Prefix of the shim grouping key of Wasm containers in a pod, so that they
-/// never share a socket address with the pod's runc shim (which groups by
-/// the bare sandbox id).
-pub const WASM_GROUP_PREFIX: &str = "wasmhybrid-";
 
 /// Runs the shim binary.
 pub fn main() {
@@ -39,7 +37,7 @@ pub fn main() {
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(flags) => flags,
         // Let the framework report bad flags the way containerd expects.
-        Err(_) => return instance::run_shim(),
+        Err(_) => return daemon::run(),
     };
     match flags.action.as_str() {
         "start" => std::process::exit(start(&flags, &args[1..])),
@@ -68,7 +66,7 @@ pub fn main() {
             }
             std::process::exit(delete_wasm(&bundle, &flags))
         }
-        _ => instance::run_shim(),
+        _ => daemon::run(),
     }
 }
 
@@ -143,12 +141,22 @@ fn delete_wasm(bundle: &Path, flags: &Flags) -> i32 {
     if written { 0 } else { 1 }
 }
 
-/// Spawns this shim's daemon for a Wasm container, grouped per pod.
+/// Hands a Wasm container to its group's daemon (a pod's, the namespace's,
+/// or its own: [`daemon::Settings`]), starting one if none is up, and
+/// prints the daemon's address.
 fn start_wasm(flags: &Flags, annotations: &HashMap<String, String>) -> i32 {
-    let grouping = match annotations.get(dispatch::SANDBOX_ID_ANNOTATION) {
-        Some(sandbox) => format!("{WASM_GROUP_PREFIX}{sandbox}"),
-        None => flags.id.clone(),
+    let settings = match daemon::Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wasmhybrid: {e}");
+            return 1;
+        }
     };
+    let pod = annotations
+        .get(dispatch::SANDBOX_ID_ANNOTATION)
+        .map(String::as_str);
+    let (key, linger) = settings.group_of(&flags.id, pod);
+    let group = daemon::Group::new(&flags.address, &flags.namespace, &key);
     let opts = StartOpts {
         id: flags.id.clone(),
         publish_binary: flags.publish_binary.clone(),
@@ -157,9 +165,7 @@ fn start_wasm(flags: &Flags, annotations: &HashMap<String, String>) -> i32 {
         namespace: flags.namespace.clone(),
         debug: flags.debug,
     };
-    match containerd_shim::spawn(opts, &grouping, vec![])
-        .and_then(|(_, address)| containerd_shim::util::write_address(&address).map(|()| address))
-    {
+    match daemon::lease(&group, opts, linger) {
         Ok(address) => {
             let mut out = std::io::stdout().lock();
             let _ = write!(out, "{address}");
@@ -167,7 +173,7 @@ fn start_wasm(flags: &Flags, annotations: &HashMap<String, String>) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("wasmhybrid: cannot start the shim daemon: {e}");
+            eprintln!("wasmhybrid: {e}");
             1
         }
     }

@@ -100,6 +100,16 @@ fn engine() -> Result<WasmEngine, EngineError> {
     Ok(ENGINE.get_or_init(|| e).clone())
 }
 
+/// Zygote task, once in the daemon's global zygote process: creates the
+/// Wasmtime engine there, so that every container's zygote process (a
+/// fork of it) starts with it instead of building its own. Engine creation
+/// starts no thread, so the global zygote stays safe to fork.
+pub fn prewarm(_: ()) {
+    if let Err(e) = engine() {
+        log::warn!("cannot create the Wasmtime engine ahead of time: {e}");
+    }
+}
+
 /// Why [`load`] failed.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum LoadError {
@@ -166,14 +176,11 @@ fn build_container(
     cgroup: &ChildCgroup,
 ) -> anyhow::Result<isolation::Cloned> {
     let spec = Spec::load(cfg.bundle.join("config.json"))?;
-    match spec
+    let pod = spec
         .annotations()
         .as_ref()
-        .and_then(|a| a.get(crate::dispatch::SANDBOX_ID_ANNOTATION))
-    {
-        Some(pod) => containerd_shimkit::set_logger_kv([("instance", id), ("pod", pod.as_str())]),
-        None => containerd_shimkit::set_logger_kv([("instance", id)]),
-    }
+        .and_then(|a| a.get(crate::dispatch::SANDBOX_ID_ANNOTATION));
+    crate::logging::for_container(&cfg.bundle, id, pod.map(String::as_str));
     let stdio = isolation::Stdio {
         stdin: cfg.open_stdin().ok(),
         stdout: cfg.open_stdout().ok(),

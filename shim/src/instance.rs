@@ -1,5 +1,6 @@
-//! The shim daemon's containers: runwasi's task service
-//! (`containerd-shimkit`) calls [`WasmInstance`] for each Wasm container.
+//! The shim daemon's containers: the daemon's task service
+//! ([`crate::daemon::Tasks`]) calls [`WasmInstance`] for each Wasm
+//! container.
 //!
 //! `Tasks.Create` ([`WasmInstance::new`]) is where the AOT cache works, on
 //! the host, before the container exists:
@@ -14,8 +15,8 @@
 //!
 //! This replaces `containerd-shim-wasm`'s own instance, whose only moment
 //! to touch the Wasm is inside the container after `pivot_root`, where no
-//! host cache is reachable. Container creation itself is the same: youki's
-//! libcontainer, driven from runwasi's zygote.
+//! host cache is reachable. The container itself is made by
+//! [`crate::isolation`], from runwasi's zygote.
 
 use std::os::fd::{AsFd, FromRawFd as _, OwnedFd, RawFd};
 use std::time::Duration;
@@ -34,25 +35,9 @@ use crate::cache::{Cache, CacheError, CacheSettings, Compiled, Fingerprint, Foun
 use crate::config::WorkloadConfig;
 use crate::dispatch::{self, DispatchError, WasmForm, WasmSource};
 use crate::engine::{EngineError, WasmEngine, Workload};
-use crate::executor::{self, Code, LoadError, Plan, RunPlan, SHIM_NAME};
+use crate::executor::{self, Code, LoadError, Plan, RunPlan};
 use crate::isolation::{Container, IsolationError};
 use crate::{exit, image, isolation, runc, source};
-
-/// Entry point of the shim daemon (and of containerd's other actions the
-/// framework handles, e.g. `-v` and `-info`).
-pub fn run_shim() {
-    let config = containerd_shimkit::Config {
-        no_setup_logger: false,
-        default_log_level: "info".to_string(),
-        no_reaper: false,
-        no_sub_reaper: false,
-    };
-    containerd_shimkit::sandbox::cli::shim_main::<WasmInstance>(
-        SHIM_NAME,
-        containerd_shimkit::shim_version!(),
-        Some(config),
-    );
-}
 
 /// One Wasm container of the daemon.
 pub struct WasmInstance {
@@ -89,7 +74,7 @@ impl Instance for WasmInstance {
             let (id, spec, systemd) = (id.clone(), spec.clone(), cfg.config.systemd_cgroup);
             tokio::task::spawn_blocking(move || isolation::make_cgroup(&id, &spec, systemd))
         };
-        let zygote = Zygote::global().spawn();
+        let zygote = take_zygote();
         let loaded = load_code(&zygote, &ctx, &spec).await;
         let cgroup = cgroup
             .await
@@ -111,8 +96,9 @@ impl Instance for WasmInstance {
             .map_err(zygote_err)
             .and_then(|r| r.map_err(SandboxError::Others));
         // The zygote process is done: the container's process is the
-        // daemon's child and its pipes are here.
-        drop(zygote);
+        // daemon's child and its pipes are here. (Dropping it kills and
+        // reaps it: off the container's path.)
+        tokio::task::spawn_blocking(move || drop(zygote));
         let (pid, control, report) = match built {
             Ok(b) => b,
             Err(e) => {
@@ -131,6 +117,7 @@ impl Instance for WasmInstance {
         .await
         .map_err(|e| SandboxError::Others(format!("container setup: {e}")))??;
         log::debug!("created in {:?}", t0.elapsed());
+        refill_spare_zygote();
         Ok(Self {
             id,
             exit_code: WaitableCell::new(),
@@ -193,6 +180,51 @@ impl Instance for WasmInstance {
     async fn wait(&self) -> (u32, DateTime<Utc>) {
         *self.exit_code.wait().await
     }
+}
+
+impl WasmInstance {
+    /// The container's process (created, not necessarily started).
+    pub fn pid(&self) -> u32 {
+        self.container
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pid()
+            .as_raw() as u32
+    }
+}
+
+/// A container's zygote process forked ahead of time, so that creating a
+/// container does not wait for the fork.
+static SPARE_ZYGOTE: std::sync::Mutex<Option<Zygote>> = std::sync::Mutex::new(None);
+
+/// A fresh zygote process for a container: the spare one, else one
+/// forked now.
+fn take_zygote() -> Zygote {
+    let spare = SPARE_ZYGOTE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    spare.unwrap_or_else(|| Zygote::global().spawn())
+}
+
+/// Forks the next spare zygote process, in the background, once a
+/// container is made (not while it is made: on a small node the fork would
+/// compete with it for a CPU).
+fn refill_spare_zygote() {
+    tokio::task::spawn_blocking(|| {
+        if SPARE_ZYGOTE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        let next = Zygote::global().spawn();
+        let mut slot = SPARE_ZYGOTE.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(next);
+        }
+    });
 }
 
 /// Has the container's zygote process load the code of the container's

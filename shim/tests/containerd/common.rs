@@ -31,12 +31,21 @@ impl TestEnv {
     /// Starts containerd for test `name`; panics with containerd's log if
     /// it cannot start.
     pub async fn new(name: &str) -> Self {
+        Self::with_env(name, &[]).await
+    }
+
+    /// A containerd (and so its shims) with extra environment.
+    pub async fn with_env(name: &str, env: &[(&str, &str)]) -> Self {
         assert!(
             nix::unistd::Uid::effective().is_root(),
             "the containerd tests need root (run scripts/test.sh as root)"
         );
         let mut daemon = PrivateContainerd::start(DaemonOptions {
             shim_dir: shim_dir(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Default::default()
         })
         .unwrap_or_else(|e| panic!("containerd did not start: {e:#}"));
@@ -99,9 +108,11 @@ impl TestEnv {
         loop {
             left = Vec::new();
             for pid in self.daemon.shim_pids() {
+                // A shim started for this container (`-id <id>`); a shared
+                // daemon's id is its group's.
                 let cmdline =
                     std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if cmdline.contains(id) {
+                if cmdline.split('\0').any(|arg| arg == id) {
                     left.push(format!("shim process {pid}"));
                 }
             }
@@ -128,6 +139,38 @@ impl TestEnv {
                 return left;
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The shim daemons among the shim's processes (the others, zygotes
+    /// and the containers' processes, are their children).
+    pub fn shim_daemons(&self) -> Vec<i32> {
+        let pids = self.daemon.shim_pids();
+        let ppid = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s.rsplit_once(')')?.1.to_string();
+                    after.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                .unwrap_or(0)
+        };
+        pids.iter()
+            .copied()
+            .filter(|p| !pids.contains(&ppid(*p)))
+            .collect()
+    }
+
+    /// Polls until no shim process of this containerd is left (or
+    /// `within` passes); returns what is left.
+    pub async fn shims_gone_within(&self, within: Duration) -> Vec<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = self.daemon.shim_pids();
+            if left.is_empty() || Instant::now() > deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -1,5 +1,6 @@
-//! Long-running and short containers side by side; kill with SIGTERM and
-//! SIGKILL; nothing left behind after delete.
+//! Long-running and short containers side by side, served by one shim
+//! daemon; kill with SIGTERM and SIGKILL; nothing left behind after delete,
+//! and the daemon gone once its linger is over.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,39 @@ async fn long_and_short_side_by_side_then_nothing_left() {
             "sleeping",
         )
         .await;
+    let daemon = env.shim_daemons();
+    assert_eq!(daemon.len(), 1, "one shim daemon: {daemon:?}");
+    // Its global zygote process (its first child), which every container's
+    // zygote is forked from, holds the Wasmtime engine and no thread.
+    let stat = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let field = |pid: i32, n: usize| -> u64 {
+        let s = stat(pid);
+        let after = s
+            .rsplit_once(')')
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
+        after
+            .split_whitespace()
+            .nth(n)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let zygote = env
+        .daemon
+        .shim_pids()
+        .into_iter()
+        .filter(|p| field(*p, 1) == daemon[0] as u64)
+        .min_by_key(|p| field(*p, 19))
+        .expect("the daemon's zygote process");
+    let threads = std::fs::read_to_string(format!("/proc/{zygote}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string()));
+    assert_eq!(
+        threads.as_deref(),
+        Some("1"),
+        "the global zygote forks safely"
+    );
 
     for (i, image) in [P1_ROOTFS, P2_ROOTFS].into_iter().enumerate() {
         let done = env
@@ -25,9 +59,10 @@ async fn long_and_short_side_by_side_then_nothing_left() {
         assert_eq!((done.exit_code, done.stdout.trim()), (0, "hello from wasm"));
         assert!(env.leftovers(&format!("short-{i}")).is_empty());
     }
-    assert!(
-        !env.daemon.shim_pids().is_empty(),
-        "the long container's shim must still run"
+    assert_eq!(
+        env.shim_daemons(),
+        daemon,
+        "the namespace's one daemon served the short containers too"
     );
 
     let code = stop(&mut long, 15).await;
@@ -35,9 +70,33 @@ async fn long_and_short_side_by_side_then_nothing_left() {
     long.delete().await.expect("delete");
     let left = env.leftovers("long");
     assert!(left.is_empty(), "left behind: {left:?}");
+
+    // With no container left, the daemon lingers: the next container is
+    // its, and its log still reaches containerd's (through the new
+    // container's FIFO: the first bundle's is gone).
+    let done = env
+        .ctrd
+        .run(&env.opts("after", P1_ROOTFS, &["/wh-cmd.wasm", "hello"]))
+        .await
+        .expect("after");
+    assert_eq!((done.exit_code, done.stdout.trim()), (0, "hello from wasm"));
+    assert_eq!(env.shim_daemons(), daemon, "the lingering daemon served it");
+    let log = env.daemon.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("starting instance: after") && l.contains("level=info")),
+        "the daemon's log line for the later container reached containerd:\n{log}"
+    );
+    assert!(env.leftovers("after").is_empty());
+
+    // The daemon lingers (10 s by default), then leaves with its socket.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env.daemon.shim_pids().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(
         env.daemon.shim_pids().is_empty(),
-        "shims still running: {:?}",
+        "shims still running 20 s after the last container: {:?}",
         env.daemon.shim_pids()
     );
 }

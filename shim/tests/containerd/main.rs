@@ -16,3 +16,4 @@ mod errors;
 mod http;
 mod isolation;
 mod lifecycle;
+mod sharing;

@@ -1,0 +1,1082 @@
+//! The shim daemon: one process serving the Wasm containers of a group.
+//!
+//! containerd runs the shim's `start` action for every container and talks
+//! to whichever daemon address it prints. A group's containers share one
+//! daemon ([`Group`]):
+//!
+//! - a pod's Wasm containers (as before: the daemon leaves with the pod's
+//!   last container);
+//! - by default, every other Wasm container of a containerd namespace
+//!   ([`Sharing::Namespace`]); that daemon stays up [`ENV_LINGER`] seconds
+//!   after its last container, so the next container needs no new process;
+//! - with `WASMHYBRID_SHIM_SHARING=container`, each container alone.
+//!
+//! A daemon never leaves while a `start` has handed out its address and
+//! the container's `Tasks.Create` has not arrived: `start` and the daemon's
+//! retirement take the same lock ([`Group::lock`]), `start` leaves a
+//! pending mark for its container there, and a daemon retires only with no
+//! containers and no fresh marks, removing its socket first.
+//!
+//! The task service ([`Tasks`]) maps containerd's task API onto
+//! [`WasmInstance`]s, as `containerd-shimkit`'s own service does for one
+//! group, and publishes the task events.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::future::Future as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{DateTime, Utc};
+use containerd_shim::api::{
+    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest, Empty,
+    KillRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse,
+    StatsRequest, StatsResponse, WaitRequest, WaitResponse,
+};
+use containerd_shim::event::Event;
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::shim::shim_ttrpc::Task;
+use containerd_shim::protos::ttrpc;
+use containerd_shim::protos::types::task::Status;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{DeleteResponse, Flags, StartOpts, TtrpcContext, TtrpcResult};
+use containerd_shimkit::sandbox::{Config as RuntimeConfig, Error, Instance, InstanceConfig};
+use oci_spec::runtime::Spec;
+
+use crate::executor::SHIM_NAME;
+use crate::instance::WasmInstance;
+use crate::logging;
+
+/// Seconds a namespace's daemon stays up with no container (default 10;
+/// `0`: it leaves with its last container).
+pub const ENV_LINGER: &str = "WASMHYBRID_SHIM_LINGER";
+/// `namespace` (default) or `container`: which containers outside pods
+/// share a daemon.
+pub const ENV_SHARING: &str = "WASMHYBRID_SHIM_SHARING";
+/// The daemon's linger, from `start` to the daemon (milliseconds).
+const ENV_DAEMON_LINGER_MS: &str = "WASMHYBRID_DAEMON_LINGER_MS";
+const DEFAULT_LINGER: Duration = Duration::from_secs(10);
+/// A pending mark older than this is a `start` whose `Tasks.Create` never
+/// came (containerd failed in between).
+const PENDING_FRESH: Duration = Duration::from_secs(60);
+/// Where groups keep their lock, pending marks and daemon's working dir.
+pub const GROUPS_DIR: &str = "/run/containerd/wasmhybrid-daemons";
+/// The grouping key of a namespace's shared daemon.
+const NAMESPACE_GROUP: &str = "wasmhybrid-namespace";
+/// Prefix of the grouping key of Wasm containers in a pod, so that they
+/// never share a socket address with the pod's runc shim (which groups by
+/// the bare sandbox id).
+pub const POD_GROUP_PREFIX: &str = "wasmhybrid-";
+
+/// Which containers outside pods share a daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    Namespace,
+    Container,
+}
+
+/// The shim's sharing settings, from containerd's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub sharing: Sharing,
+    pub linger: Duration,
+}
+
+impl Settings {
+    /// Reads [`ENV_SHARING`] and [`ENV_LINGER`]; a bad value is an error
+    /// naming the variable.
+    pub fn from_env() -> Result<Self, String> {
+        Self::parse(
+            std::env::var(ENV_SHARING).ok().as_deref(),
+            std::env::var(ENV_LINGER).ok().as_deref(),
+        )
+    }
+
+    fn parse(sharing: Option<&str>, linger: Option<&str>) -> Result<Self, String> {
+        let sharing = match sharing.map(str::trim) {
+            None | Some("") | Some("namespace") => Sharing::Namespace,
+            Some("container") => Sharing::Container,
+            Some(other) => {
+                return Err(format!(
+                    "{ENV_SHARING}={other:?}: expected \"namespace\" or \"container\""
+                ));
+            }
+        };
+        let linger = match linger.map(str::trim) {
+            None | Some("") => DEFAULT_LINGER,
+            Some(s) => match s.parse::<u32>() {
+                Ok(secs) if secs <= 3600 => Duration::from_secs(secs.into()),
+                _ => {
+                    return Err(format!(
+                        "{ENV_LINGER}={s:?}: expected whole seconds from 0 to 3600"
+                    ));
+                }
+            },
+        };
+        Ok(Self { sharing, linger })
+    }
+
+    /// The grouping key and linger of a container (`pod`: its sandbox id).
+    pub fn group_of(&self, id: &str, pod: Option<&str>) -> (String, Duration) {
+        match (pod, self.sharing) {
+            (Some(pod), _) => (format!("{POD_GROUP_PREFIX}{pod}"), Duration::ZERO),
+            (None, Sharing::Namespace) => (NAMESPACE_GROUP.to_string(), self.linger),
+            (None, Sharing::Container) => (id.to_string(), Duration::ZERO),
+        }
+    }
+}
+
+/// A group's daemon socket and its lock directory.
+#[derive(Debug, Clone)]
+pub struct Group {
+    key: String,
+    address: String,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+/// The exclusive lock of a group, held while handing out or retiring its
+/// daemon.
+pub struct GroupLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+
+impl GroupLock {
+    /// Keeps the lock until the process exits, so that no `start` finds
+    /// a daemon on its way out.
+    fn hold_until_exit(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Group {
+    pub fn new(containerd_address: &str, namespace: &str, key: &str) -> Self {
+        let address = containerd_shim::socket_address(containerd_address, namespace, key);
+        let socket = PathBuf::from(address.strip_prefix("unix://").unwrap_or(&address));
+        let name = socket
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| key.to_string());
+        Self {
+            key: key.to_string(),
+            address,
+            dir: Path::new(GROUPS_DIR).join(name),
+            socket,
+        }
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Takes the group's lock (blocking while another holder has it).
+    pub fn lock(&self) -> std::io::Result<GroupLock> {
+        std::fs::create_dir_all(self.dir.join("pending"))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.dir.join("lock"))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map(GroupLock)
+            .map_err(|(_, e)| std::io::Error::from(e))
+    }
+
+    fn pending(&self, id: &str) -> PathBuf {
+        self.dir.join("pending").join(id)
+    }
+
+    /// Marks `id` as handed this group's daemon (under the lock).
+    /// containerd's ids are `[A-Za-z0-9][A-Za-z0-9_.-]*`; anything else is
+    /// refused rather than used as a file name.
+    fn mark_pending(&self, id: &str) -> std::io::Result<()> {
+        let valid = id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !valid {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("container id {id:?} is not a containerd identifier"),
+            ));
+        }
+        std::fs::write(self.pending(id), b"")
+    }
+
+    /// The container's `Tasks.Create` has arrived (or failed).
+    fn unmark_pending(&self, id: &str) {
+        let _ = std::fs::remove_file(self.pending(id));
+    }
+
+    /// Whether a `start` handed out the daemon for a container that has
+    /// not arrived yet (stale marks are removed).
+    fn has_pending(&self) -> bool {
+        let mut fresh = false;
+        for entry in std::fs::read_dir(self.dir.join("pending"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default();
+            if age < PENDING_FRESH {
+                fresh = true;
+            } else {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        fresh
+    }
+
+    fn daemon_alive(&self) -> bool {
+        std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+    }
+}
+
+/// The `start` action's side: the address of the group's daemon for
+/// container `opts.id`, spawning one if none is up.
+pub fn lease(group: &Group, opts: StartOpts, linger: Duration) -> Result<String, String> {
+    let lock = group
+        .lock()
+        .map_err(|e| format!("cannot lock {}: {e}", group.dir.display()))?;
+    group
+        .mark_pending(&opts.id)
+        .map_err(|e| format!("cannot mark {} pending: {e}", opts.id))?;
+    if group.daemon_alive() {
+        drop(lock);
+        containerd_shim::util::write_address(group.address()).map_err(|e| e.to_string())?;
+        return Ok(group.address().to_string());
+    }
+    let id = opts.id.clone();
+    // A socket left by a daemon that died: nobody is listening on it.
+    let _ = std::fs::remove_file(&group.socket);
+    let linger_ms = linger.as_millis().to_string();
+    let opts = StartOpts {
+        id: group.key.clone(),
+        ..opts
+    };
+    let spawned =
+        containerd_shim::spawn(opts, &group.key, vec![(ENV_DAEMON_LINGER_MS, &linger_ms)])
+            .and_then(|(_, address)| {
+                containerd_shim::util::write_address(&address).map(|()| address)
+            });
+    if spawned.is_err() {
+        group.unmark_pending(&id);
+    }
+    drop(lock);
+    spawned.map_err(|e| format!("cannot start the shim daemon: {e}"))
+}
+
+// ---------------------------------------------------------------------------
+// The daemon process.
+
+/// The tokio runtime the task service runs the instances on.
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the daemon's tokio runtime")
+});
+
+/// Entry point of the shim daemon (and of containerd's `-v` and `-info`).
+pub fn run() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let flags = containerd_shim::parse(&args[1..]).unwrap_or_default();
+    if flags.version {
+        let argv0 = std::path::Path::new(&args[0])
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        println!("{argv0}:");
+        println!("  Runtime: {SHIM_NAME}");
+        println!("  Version: {}", env!("CARGO_PKG_VERSION"));
+        println!(
+            "  Revision: {}",
+            containerd_shimkit::revision!().unwrap_or("<none>")
+        );
+        return;
+    }
+    if flags.info {
+        print_info();
+        return;
+    }
+    // The zygote is forked before any thread exists; the containers'
+    // zygote processes come from it.
+    containerd_shimkit::zygote::Zygote::init();
+    let debug = flags.debug;
+    containerd_shimkit::zygote::Zygote::global().run(
+        |(bundle, debug)| logging::init(&bundle, debug),
+        (std::env::current_dir().unwrap_or_default(), debug),
+    );
+    containerd_shimkit::zygote::Zygote::global().run(crate::executor::prewarm, ());
+    logging::init(&std::env::current_dir().unwrap_or_default(), debug);
+    let config = containerd_shim::Config {
+        no_setup_logger: true,
+        default_log_level: "info".to_string(),
+        no_reaper: false,
+        no_sub_reaper: false,
+    };
+    containerd_shim::run::<Daemon>(SHIM_NAME, Some(config));
+}
+
+fn print_info() {
+    use containerd_shim::protos::protobuf::{Message as _, MessageField};
+    use containerd_shim::protos::types::introspection;
+    use std::io::Write as _;
+    let info = introspection::RuntimeInfo {
+        name: SHIM_NAME.to_string(),
+        version: MessageField::some(introspection::RuntimeVersion {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            revision: containerd_shimkit::revision!()
+                .unwrap_or("<none>")
+                .to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if let Ok(bytes) = info.write_to_bytes() {
+        let _ = std::io::stdout().write_all(&bytes);
+    }
+}
+
+/// The daemon's `containerd_shim::Shim`: serves [`Tasks`] until retired.
+pub struct Daemon {
+    shared: Arc<Shared>,
+}
+
+/// What the task service and the retirement watch share.
+struct Shared {
+    group: Group,
+    namespace: String,
+    containerd_address: String,
+    linger: Duration,
+    tasks: Mutex<Tasks_>,
+    wake: Condvar,
+    events: OnceLock<Arc<Events>>,
+    retired_cv: (Mutex<bool>, Condvar),
+}
+
+/// The daemon's containers and since when it has had none.
+struct Tasks_ {
+    entries: HashMap<String, Arc<Entry>>,
+    idle_since: Option<Instant>,
+}
+
+impl containerd_shim::Shim for Daemon {
+    type T = Tasks;
+
+    fn new(_runtime_id: &str, flags: &Flags, _config: &mut containerd_shim::Config) -> Self {
+        let group = Group::new(&flags.address, &flags.namespace, &flags.id);
+        let linger = std::env::var(ENV_DAEMON_LINGER_MS)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::ZERO);
+        // The daemon outlives the bundle it was started in: it works from
+        // its group's directory (where containerd-shim's exit path reads
+        // the `address` file).
+        if std::env::set_current_dir(&group.dir).is_ok() {
+            let _ = std::fs::write("address", group.address());
+        }
+        Daemon {
+            shared: Arc::new(Shared {
+                group,
+                namespace: flags.namespace.clone(),
+                containerd_address: flags.address.clone(),
+                linger,
+                tasks: Mutex::new(Tasks_ {
+                    entries: HashMap::new(),
+                    idle_since: Some(Instant::now()),
+                }),
+                wake: Condvar::new(),
+                events: OnceLock::new(),
+                retired_cv: (Mutex::new(false), Condvar::new()),
+            }),
+        }
+    }
+
+    fn start_shim(&mut self, _opts: StartOpts) -> containerd_shim::Result<String> {
+        // The binary's `start` action is handled before the framework runs.
+        Err(containerd_shim::Error::Unimplemented(
+            "start is handled by the binary's own start action".into(),
+        ))
+    }
+
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        Err(containerd_shim::Error::Unimplemented(
+            "delete is handled by the binary's own delete action".into(),
+        ))
+    }
+
+    fn wait(&mut self) {
+        let shared = self.shared.clone();
+        std::thread::spawn(move || shared.watch_idle());
+        let (lock, cv) = &self.shared.retired_cv;
+        let mut retired = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while !*retired {
+            retired = cv.wait(retired).unwrap_or_else(|e| e.into_inner());
+        }
+        if let Some(events) = self.shared.events.get() {
+            events.flush();
+        }
+        log::debug!("daemon retired");
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Tasks {
+        let events = Arc::new(Events::new(self.shared.namespace.clone(), publisher));
+        let _ = self.shared.events.set(events.clone());
+        Tasks {
+            shared: self.shared.clone(),
+            events,
+        }
+    }
+}
+
+impl Shared {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Tasks_> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Retires the daemon once it has been idle for its linger.
+    fn watch_idle(&self) {
+        // Shutdown wakes this at once; the tick only ends a linger.
+        let tick = Duration::from_secs(1);
+        loop {
+            let idle_for = {
+                let tasks = self.tasks();
+                let tasks = self
+                    .wake
+                    .wait_timeout(tasks, tick)
+                    .map(|(t, _)| t)
+                    .unwrap_or_else(|e| e.into_inner().0);
+                tasks.idle_since.map(|t| t.elapsed())
+            };
+            if idle_for.is_some_and(|d| d >= self.linger) && self.try_retire() {
+                let (lock, cv) = &self.retired_cv;
+                *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                cv.notify_all();
+                return;
+            }
+        }
+    }
+
+    /// Under the group's lock: with no containers and no container on its
+    /// way, removes the socket so that no `start` hands this daemon out.
+    fn try_retire(&self) -> bool {
+        let Ok(lock) = self.group.lock() else {
+            return false;
+        };
+        if !self.tasks().entries.is_empty() || self.group.has_pending() {
+            return false;
+        }
+        let _ = std::fs::remove_file(&self.group.socket);
+        log::info!("no containers for {:?}: shim daemon exiting", self.linger);
+        lock.hold_until_exit();
+        true
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The task service.
+
+/// containerd's task API for the daemon's containers.
+pub struct Tasks {
+    shared: Arc<Shared>,
+    events: Arc<Events>,
+}
+
+/// Publishes task events to containerd, in order, from a thread of its
+/// own (as containerd's Go shims do): a request does not wait for
+/// containerd to take its event.
+struct Events {
+    queue: std::sync::mpsc::Sender<Publish>,
+}
+
+enum Publish {
+    Event(String, Box<dyn MessageDyn + Send>),
+    /// Answers once every event before it is published.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+impl Events {
+    fn new(namespace: String, publisher: RemotePublisher) -> Self {
+        let (queue, rx) = std::sync::mpsc::channel::<Publish>();
+        std::thread::spawn(move || {
+            for item in rx {
+                match item {
+                    Publish::Event(topic, event) => {
+                        if let Err(e) =
+                            publisher.publish(Default::default(), &topic, &namespace, event)
+                        {
+                            log::warn!("cannot publish {topic}: {e}");
+                        }
+                    }
+                    Publish::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    fn send(&self, event: impl Event + Send + 'static) {
+        let _ = self
+            .queue
+            .send(Publish::Event(event.topic(), Box::new(event)));
+    }
+
+    /// Waits (up to 5 s) for the events sent so far to be published.
+    fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.queue.send(Publish::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+fn timestamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+        ..Default::default()
+    }
+}
+
+/// A task's life, as containerd's task API allows it to move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Created,
+    Starting,
+    Started,
+    Exited,
+    Deleting,
+}
+
+/// One container of the daemon.
+struct Entry {
+    instance: WasmInstance,
+    config: InstanceConfig,
+    pid: OnceLock<u32>,
+    phase: tokio::sync::Mutex<Phase>,
+}
+
+fn transition(phase: &mut Phase, to: Phase) -> Result<(), Error> {
+    use Phase::*;
+    let ok = match to {
+        Starting => *phase == Created,
+        Started => *phase == Starting,
+        Deleting => matches!(*phase, Created | Exited),
+        Exited => matches!(*phase, Starting | Started | Deleting),
+        Created => false,
+    };
+    if ok {
+        *phase = to;
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition(format!(
+            "invalid state transition: {phase:?} => {to:?}"
+        )))
+    }
+}
+
+impl Entry {
+    async fn wait(&self) -> (u32, DateTime<Utc>) {
+        let res = self.instance.wait().await;
+        *self.phase.lock().await = Phase::Exited;
+        res
+    }
+
+    fn exited(&self) -> Option<(u32, DateTime<Utc>)> {
+        let wait = std::pin::pin!(self.instance.wait());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match wait.poll(&mut cx) {
+            std::task::Poll::Ready(exited) => Some(exited),
+            std::task::Poll::Pending => None,
+        }
+    }
+}
+
+/// Runs a request's handler, turning a panic into an error for that one
+/// request (the daemon and its other containers go on).
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, Error>) -> TtrpcResult<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(res) => res.map_err(ttrpc::Error::from),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            log::error!("{what}: the shim panicked: {msg}");
+            Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::INTERNAL,
+                format!("{what}: the shim panicked: {msg}"),
+            )))
+        }
+    }
+}
+
+fn no_exec(exec_id: &str) -> Result<(), Error> {
+    if exec_id.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Shim(containerd_shim::Error::Unimplemented(
+            "exec is not supported for Wasm containers".to_string(),
+        )))
+    }
+}
+
+/// The `SystemdCgroup` knob of the runtime's options (CRI's
+/// `runtimeoptions.v1.Options`, whose `config_body` is TOML).
+fn runtime_config(options: Option<&Any>) -> Result<RuntimeConfig, Error> {
+    #[derive(prost::Message)]
+    struct Options {
+        #[prost(string, tag = "1")]
+        type_url: String,
+        #[prost(string, tag = "2")]
+        config_path: String,
+        #[prost(string, tag = "3")]
+        config_body: String,
+    }
+    let Some(options) = options else {
+        return Ok(RuntimeConfig::default());
+    };
+    if options.type_url != "runtimeoptions.v1.Options" {
+        return Err(Error::InvalidArgument(format!(
+            "runtime options of type {:?}: expected runtimeoptions.v1.Options",
+            options.type_url
+        )));
+    }
+    let options = <Options as prost::Message>::decode(options.value.as_slice())
+        .map_err(|e| Error::InvalidArgument(format!("runtime options: {e}")))?;
+    toml::from_str(&options.config_body)
+        .map_err(|e| Error::InvalidArgument(format!("runtime options: {e}")))
+}
+
+impl Tasks {
+    fn entry(&self, id: &str) -> Result<Arc<Entry>, Error> {
+        self.shared
+            .tasks()
+            .entries
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    fn create_task(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse, Error> {
+        let id = req.id.clone();
+        logging::add_container(&id, Path::new(&req.bundle));
+        let created = self.create_entry(&req);
+        {
+            let mut tasks = self.shared.tasks();
+            match &created {
+                Ok(entry) => {
+                    tasks.entries.insert(id.clone(), entry.clone());
+                    tasks.idle_since = None;
+                }
+                Err(_) if tasks.entries.is_empty() => tasks.idle_since = Some(Instant::now()),
+                Err(_) => {}
+            }
+        }
+        self.shared.group.unmark_pending(&id);
+        if let Err(e) = created {
+            logging::remove_container(&id);
+            self.shared.wake.notify_all();
+            return Err(e);
+        }
+        self.events.send(TaskCreate {
+            container_id: req.id,
+            bundle: req.bundle,
+            rootfs: req.rootfs,
+            io: Some(TaskIO {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        });
+        Ok(CreateTaskResponse {
+            pid: std::process::id(),
+            ..Default::default()
+        })
+    }
+
+    fn create_entry(&self, req: &CreateTaskRequest) -> Result<Arc<Entry>, Error> {
+        let config = runtime_config(req.options.as_ref())?;
+        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
+            return Err(Error::Shim(containerd_shim::Error::Unimplemented(
+                "checkpoint is not supported".to_string(),
+            )));
+        }
+        if req.terminal {
+            return Err(Error::InvalidArgument(
+                "terminal is not supported for Wasm containers".to_string(),
+            ));
+        }
+        if self.shared.tasks().entries.contains_key(&req.id) {
+            return Err(Error::AlreadyExists(req.id.clone()));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let mut spec = Spec::load(bundle.join("config.json"))
+            .map_err(|e| Error::InvalidArgument(format!("could not load runtime spec: {e}")))?;
+        spec.canonicalize_rootfs(&bundle)
+            .map_err(|e| Error::InvalidArgument(format!("could not canonicalize rootfs: {e}")))?;
+        let rootfs = spec
+            .root()
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("rootfs is not set in runtime spec".into()))?
+            .path()
+            .clone();
+        let _ = std::fs::create_dir_all(&rootfs);
+        for m in &req.rootfs {
+            crate::rootfs::mount_one(&m.type_, &m.source, &m.options, &rootfs)
+                .map_err(Error::Others)?;
+        }
+        let config = InstanceConfig {
+            namespace: self.shared.namespace.clone(),
+            containerd_address: self.shared.containerd_address.clone(),
+            bundle,
+            stdout: req.stdout.clone().into(),
+            stderr: req.stderr.clone().into(),
+            stdin: req.stdin.clone().into(),
+            config,
+        };
+        let instance = RUNTIME.block_on(WasmInstance::new(req.id.clone(), &config))?;
+        if let Err(e) = crate::hooks::prestart(&spec, &req.id, instance.pid(), &config.bundle) {
+            // Never started: the process is killed, the cgroup removed.
+            let _ = RUNTIME.block_on(instance.delete());
+            return Err(e);
+        }
+        Ok(Arc::new(Entry {
+            instance,
+            config,
+            pid: OnceLock::new(),
+            phase: tokio::sync::Mutex::new(Phase::Created),
+        }))
+    }
+
+    fn start_task(&self, req: StartRequest) -> Result<StartResponse, Error> {
+        no_exec(&req.exec_id)?;
+        let entry = self.entry(&req.id)?;
+        let pid = RUNTIME.block_on(async {
+            let mut phase = entry.phase.lock().await;
+            transition(&mut phase, Phase::Starting)?;
+            match entry.instance.start().await {
+                Ok(pid) => {
+                    let _ = entry.pid.set(pid);
+                    transition(&mut phase, Phase::Started)?;
+                    Ok(pid)
+                }
+                Err(e) => {
+                    let _ = transition(&mut phase, Phase::Exited);
+                    Err(e)
+                }
+            }
+        })?;
+        self.events.send(TaskStart {
+            container_id: req.id.clone(),
+            pid,
+            ..Default::default()
+        });
+        let events = self.events.clone();
+        let id = req.id;
+        RUNTIME.spawn(async move {
+            let (exit_status, at) = entry.wait().await;
+            events.send(TaskExit {
+                container_id: id.clone(),
+                id,
+                pid,
+                exit_status,
+                exited_at: Some(timestamp(at)).into(),
+                ..Default::default()
+            });
+        });
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn kill_task(&self, req: KillRequest) -> Result<Empty, Error> {
+        no_exec(&req.exec_id)?;
+        let entry = self.entry(&req.id)?;
+        RUNTIME.block_on(async {
+            let phase = entry.phase.lock().await;
+            if *phase != Phase::Started {
+                return Err(Error::FailedPrecondition(format!(
+                    "invalid state transition: {:?} => Killing",
+                    *phase
+                )));
+            }
+            drop(phase);
+            entry.instance.kill(req.signal).await
+        })?;
+        Ok(Empty::new())
+    }
+
+    fn delete_task(&self, req: DeleteRequest) -> Result<DeleteResponse, Error> {
+        no_exec(&req.exec_id)?;
+        let entry = self.entry(&req.id)?;
+        RUNTIME.block_on(async {
+            let mut phase = entry.phase.lock().await;
+            transition(&mut phase, Phase::Deleting)?;
+            let res = entry.instance.delete().await;
+            if res.is_err() {
+                let _ = transition(&mut phase, Phase::Exited);
+            }
+            res
+        })?;
+        let pid = entry.pid.get().copied().unwrap_or_default();
+        let (exit_status, at) = entry.exited().unzip();
+        {
+            let mut tasks = self.shared.tasks();
+            tasks.entries.remove(&req.id);
+            if tasks.entries.is_empty() {
+                tasks.idle_since = Some(Instant::now());
+            }
+        }
+        let exited_at = at.map(timestamp);
+        self.events.send(TaskDelete {
+            container_id: req.id.clone(),
+            pid,
+            exit_status: exit_status.unwrap_or_default(),
+            exited_at: exited_at.clone().into(),
+            ..Default::default()
+        });
+        logging::remove_container(&req.id);
+        Ok(DeleteResponse {
+            pid,
+            exit_status: exit_status.unwrap_or_default(),
+            exited_at: exited_at.into(),
+            ..Default::default()
+        })
+    }
+
+    fn wait_task(&self, req: WaitRequest) -> Result<WaitResponse, Error> {
+        no_exec(&req.exec_id)?;
+        let entry = self.entry(&req.id)?;
+        let (exit_status, at) = RUNTIME.block_on(entry.wait());
+        Ok(WaitResponse {
+            exit_status,
+            exited_at: Some(timestamp(at)).into(),
+            ..Default::default()
+        })
+    }
+
+    fn state_task(&self, req: StateRequest) -> Result<StateResponse, Error> {
+        no_exec(&req.exec_id)?;
+        let entry = self.entry(&req.id)?;
+        let pid = entry.pid.get().copied();
+        let exited = entry.exited();
+        let status = match (pid, exited) {
+            (None, _) => Status::CREATED,
+            (Some(_), None) => Status::RUNNING,
+            (Some(_), Some(_)) => Status::STOPPED,
+        };
+        let (exit_status, at) = exited.unzip();
+        let path = |p: &Path| p.to_string_lossy().to_string();
+        Ok(StateResponse {
+            id: req.id,
+            bundle: path(&entry.config.bundle),
+            stdin: path(&entry.config.stdin),
+            stdout: path(&entry.config.stdout),
+            stderr: path(&entry.config.stderr),
+            pid: pid.unwrap_or_default(),
+            exit_status: exit_status.unwrap_or_default(),
+            exited_at: at.map(timestamp).into(),
+            status: status.into(),
+            ..Default::default()
+        })
+    }
+
+    fn stats_task(&self, req: StatsRequest) -> Result<StatsResponse, Error> {
+        let entry = self.entry(&req.id)?;
+        let pid = entry
+            .pid
+            .get()
+            .copied()
+            .ok_or_else(|| Error::InvalidArgument("task is not running".to_string()))?;
+        let metrics = containerd_shim::cgroup::collect_metrics(pid)?;
+        let stats = containerd_shim::util::convert_to_any(Box::new(metrics))?;
+        Ok(StatsResponse {
+            stats: Some(stats).into(),
+            ..Default::default()
+        })
+    }
+}
+
+impl Task for Tasks {
+    fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
+        guarded("create", || self.create_task(req))
+    }
+
+    fn start(&self, _: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        guarded("start", || self.start_task(req))
+    }
+
+    fn kill(&self, _: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        guarded("kill", || self.kill_task(req))
+    }
+
+    fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        guarded("delete", || self.delete_task(req))
+    }
+
+    fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        guarded("wait", || self.wait_task(req))
+    }
+
+    fn state(&self, _: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        guarded("state", || self.state_task(req))
+    }
+
+    fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        guarded("stats", || self.stats_task(req))
+    }
+
+    fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+        guarded("connect", || {
+            let entry = self.entry(&req.id)?;
+            Ok(ConnectResponse {
+                shim_pid: std::process::id(),
+                task_pid: entry.pid.get().copied().unwrap_or_default(),
+                ..Default::default()
+            })
+        })
+    }
+
+    fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> TtrpcResult<Empty> {
+        // The daemon leaves when it has had no container for its linger
+        // (at once for a pod's); see [`Shared::watch_idle`].
+        self.shared.wake.notify_all();
+        Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_default_to_a_namespace_daemon_lingering_10_s() {
+        let s = Settings::parse(None, None).expect("defaults");
+        assert_eq!(s.sharing, Sharing::Namespace);
+        assert_eq!(s.linger, Duration::from_secs(10));
+        let s = Settings::parse(Some("container"), Some(" 0 ")).expect("valid");
+        assert_eq!(s.sharing, Sharing::Container);
+        assert_eq!(s.linger, Duration::ZERO);
+    }
+
+    #[test]
+    fn bad_settings_name_the_variable() {
+        let e = Settings::parse(Some("pod"), None).unwrap_err();
+        assert!(e.contains(ENV_SHARING) && e.contains("\"pod\""), "{e}");
+        for bad in ["-1", "1.5", "ten", "3601"] {
+            let e = Settings::parse(None, Some(bad)).unwrap_err();
+            assert!(e.contains(ENV_LINGER), "{e}");
+        }
+    }
+
+    #[test]
+    fn groups_pods_namespaces_and_lone_containers() {
+        let ns = Settings::parse(None, Some("5")).expect("valid");
+        assert_eq!(
+            ns.group_of("c1", Some("pod1")),
+            ("wasmhybrid-pod1".to_string(), Duration::ZERO)
+        );
+        assert_eq!(
+            ns.group_of("c1", None),
+            (NAMESPACE_GROUP.to_string(), Duration::from_secs(5))
+        );
+        let alone = Settings::parse(Some("container"), Some("5")).expect("valid");
+        assert_eq!(
+            alone.group_of("c1", None),
+            ("c1".to_string(), Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn task_phases_follow_containerds_task_api() {
+        let mut p = Phase::Created;
+        assert!(transition(&mut p, Phase::Started).is_err());
+        transition(&mut p, Phase::Starting).expect("start");
+        transition(&mut p, Phase::Started).expect("started");
+        assert!(transition(&mut p, Phase::Deleting).is_err(), "running");
+        transition(&mut p, Phase::Exited).expect("exit");
+        transition(&mut p, Phase::Deleting).expect("delete");
+        let mut never_started = Phase::Created;
+        transition(&mut never_started, Phase::Deleting).expect("delete a created task");
+    }
+
+    #[test]
+    fn runtime_options_give_systemd_cgroup() {
+        use prost::Message as _;
+        #[derive(prost::Message)]
+        struct Options {
+            #[prost(string, tag = "1")]
+            type_url: String,
+            #[prost(string, tag = "2")]
+            config_path: String,
+            #[prost(string, tag = "3")]
+            config_body: String,
+        }
+        let body = Options {
+            type_url: String::new(),
+            config_path: String::new(),
+            config_body: "SystemdCgroup = true\n".into(),
+        };
+        let any = Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value: body.encode_to_vec(),
+            ..Default::default()
+        };
+        assert!(runtime_config(Some(&any)).expect("valid").systemd_cgroup);
+        assert!(!runtime_config(None).expect("none").systemd_cgroup);
+        let wrong = Any {
+            type_url: "runc.v1.Options".into(),
+            ..Default::default()
+        };
+        assert!(runtime_config(Some(&wrong)).is_err());
+    }
+
+    #[test]
+    fn pending_marks_hold_a_group_until_stale() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let group = Group {
+            key: "k".into(),
+            address: "unix:///nonexistent".into(),
+            socket: dir.path().join("sock"),
+            dir: dir.path().join("group"),
+        };
+        let lock = group.lock().expect("lock");
+        assert!(!group.has_pending());
+        group.mark_pending("c1").expect("mark");
+        assert!(group.has_pending());
+        let old = SystemTime::now() - PENDING_FRESH - Duration::from_secs(1);
+        File::options()
+            .write(true)
+            .open(group.pending("c1"))
+            .and_then(|f| f.set_modified(old))
+            .expect("age the mark");
+        assert!(!group.has_pending(), "a stale mark does not count");
+        assert!(!group.pending("c1").exists(), "and is removed");
+        group.mark_pending("c2").expect("mark");
+        group.unmark_pending("c2");
+        assert!(!group.has_pending());
+        for bad in ["", "..", "../x", "a/b", ".hidden"] {
+            assert!(group.mark_pending(bad).is_err(), "{bad:?}");
+        }
+        drop(lock);
+    }
+}

@@ -1,0 +1,163 @@
+//! The shim's log, written into containerd's own log.
+//!
+//! containerd reads a shim's log from the `log` FIFO in each container's
+//! bundle, and stops reading it (and removes the bundle) when that
+//! container is deleted. One daemon serves many containers
+//! ([`crate::daemon`]), so it keeps a FIFO per live container and writes
+//! each line to the newest one still read: a line is lost only when no
+//! container of the daemon is left. In a container's zygote and process,
+//! the only FIFO is that container's ([`for_container`]).
+//!
+//! Lines are containerd's logfmt (`time=… level=… msg=…`), as the
+//! `containerd-shim` crate writes them.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+use std::str::FromStr as _;
+use std::sync::Mutex;
+
+/// A log FIFO and the container it belongs to (empty: the daemon's first).
+struct Sink {
+    id: String,
+    fifo: File,
+}
+
+struct State {
+    /// Oldest first; lines go to the last one.
+    sinks: Vec<Sink>,
+    /// ` key="value"` pairs added to every line (the container's id, pod).
+    fields: String,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    sinks: Vec::new(),
+    fields: String::new(),
+});
+
+struct Logger;
+
+static LOGGER: Logger = Logger;
+
+fn state() -> std::sync::MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Opens `bundle/log` for writing without blocking: containerd has it open
+/// for reading from before the shim's `start` until the container is gone.
+fn open_fifo(bundle: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(bundle.join("log"))
+}
+
+/// Installs the logger, writing to `bundle/log` (the FIFO of the container
+/// whose `start` spawned this process). The level is `RUST_LOG`, else
+/// `info`, at least `debug` with containerd's `-debug`.
+pub fn init(bundle: &Path, debug: bool) {
+    if let Ok(fifo) = open_fifo(bundle) {
+        state().sinks.push(Sink {
+            id: String::new(),
+            fifo,
+        });
+    }
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| log::LevelFilter::from_str(&l).ok())
+        .unwrap_or(log::LevelFilter::Info);
+    let level = if debug {
+        level.max(log::LevelFilter::Debug)
+    } else {
+        level
+    };
+    log::set_max_level(level);
+    let _ = log::set_logger(&LOGGER);
+}
+
+/// The daemon takes on a container: its lines may now go to its FIFO.
+pub fn add_container(id: &str, bundle: &Path) {
+    match open_fifo(bundle) {
+        Ok(fifo) => state().sinks.push(Sink {
+            id: id.to_string(),
+            fifo,
+        }),
+        Err(e) => log::warn!("cannot open the log FIFO of {id}: {e}"),
+    }
+}
+
+/// The daemon is done with a container: containerd stops reading its FIFO.
+pub fn remove_container(id: &str) {
+    state().sinks.retain(|s| s.id != id);
+}
+
+/// In a container's zygote process: log only to that container's FIFO,
+/// every line tagged with its id (and pod).
+pub fn for_container(bundle: &Path, id: &str, pod: Option<&str>) {
+    let fifo = open_fifo(bundle);
+    let mut state = state();
+    state.sinks.clear();
+    if let Ok(fifo) = fifo {
+        state.sinks.push(Sink {
+            id: id.to_string(),
+            fifo,
+        });
+    }
+    state.fields = format!(" instance=\"{id}\"");
+    if let Some(pod) = pod {
+        let _ = write!(state.fields, " pod=\"{pod}\"");
+    }
+}
+
+/// One logfmt line, as containerd's Go logger writes them.
+fn format_line(level: log::Level, fields: &str, msg: &str) -> String {
+    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let msg = msg.replace('\\', "\\\\").replace('"', "\\\"");
+    let level = level.as_str().to_ascii_lowercase();
+    format!("time=\"{time}\" level={level}{fields} msg=\"{msg}\"\n")
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let mut state = state();
+        let line = format_line(record.level(), &state.fields, &record.args().to_string());
+        // The newest FIFO first; one whose reader is gone is dropped. A
+        // full pipe (containerd not keeping up) drops the line instead of
+        // stalling the daemon.
+        while let Some(sink) = state.sinks.last_mut() {
+            match sink.fifo.write(line.as_bytes()) {
+                Ok(_) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    state.sinks.pop();
+                }
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_logfmt_with_quotes_escaped() {
+        let line = format_line(log::Level::Warn, " instance=\"a\"", "say \"hi\"");
+        assert!(line.starts_with("time=\""), "{line}");
+        assert!(
+            line.ends_with(" level=warn instance=\"a\" msg=\"say \\\"hi\\\"\"\n"),
+            "{line}"
+        );
+    }
+}
