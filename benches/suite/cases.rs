@@ -107,6 +107,30 @@ pub struct Env {
     pub failures: Failures,
 }
 
+/// Keeps only the cases named in `WASMHYBRID_BENCH_CASES` (comma-separated),
+/// when it is set; an unknown name is an error, not ignored.
+fn select_cases(cases: &mut Vec<Case>) -> Result<()> {
+    let Ok(list) = std::env::var("WASMHYBRID_BENCH_CASES") else {
+        return Ok(());
+    };
+    let wanted: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in &wanted {
+        if !cases.iter().any(|c| c.name == *name) {
+            let known: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+            bail!(
+                "WASMHYBRID_BENCH_CASES: no case {name:?} (cases: {})",
+                known.join(", ")
+            );
+        }
+    }
+    cases.retain(|c| wanted.contains(&c.name.as_str()));
+    Ok(())
+}
+
 /// `wasm` with an extra custom section named `name` (same code, new digest).
 fn with_custom_section(mut wasm: Vec<u8>, name: &str) -> Vec<u8> {
     assert!(name.len() < 100, "one-byte LEB128 lengths");
@@ -182,6 +206,7 @@ impl Env {
                 });
             }
         }
+        select_cases(&mut cases)?;
         Ok(Self {
             ctrd: Ctrd::connect(&daemon.address(), ns).await?,
             ns: ns.to_string(),
