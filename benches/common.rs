@@ -44,22 +44,23 @@ pub fn median(v: &[f64]) -> f64 {
 }
 
 /// The directory holding the shim under test: `WASMHYBRID_BENCH_SHIM_DIR`,
-/// else `$CARGO_TARGET_DIR/release`, else `target/release`.
+/// else the release build next to the bench (`target/shim/release`, as
+/// `scripts/build-shim.sh --release` assembles it; see
+/// [`wasmhybrid_harness::fixtures::shim_dir_for`]).
 pub fn release_shim_dir() -> anyhow::Result<PathBuf> {
-    let dir = if let Some(dir) = std::env::var_os("WASMHYBRID_BENCH_SHIM_DIR") {
-        PathBuf::from(dir)
-    } else if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-        repo_root().join(target).join("release")
-    } else {
-        repo_root().join("target/release")
-    };
-    anyhow::ensure!(
-        dir.join("containerd-shim-wasmhybrid-v1").is_file(),
-        "no containerd-shim-wasmhybrid-v1 in {}: build the shim first \
-         (cargo build --release -p wasmhybrid-shim) or set WASMHYBRID_BENCH_SHIM_DIR",
-        dir.display()
-    );
-    Ok(dir)
+    if let Some(dir) = std::env::var_os("WASMHYBRID_BENCH_SHIM_DIR") {
+        let dir = PathBuf::from(dir);
+        anyhow::ensure!(
+            dir.join("containerd-shim-wasmhybrid-v1").is_file(),
+            "WASMHYBRID_BENCH_SHIM_DIR={}: no containerd-shim-wasmhybrid-v1 there",
+            dir.display()
+        );
+        return Ok(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|t| repo_root().join(t))
+        .unwrap_or_else(|| repo_root().join("target"));
+    wasmhybrid_harness::fixtures::shim_dir_for(&target.join("release"))
 }
 
 /// Removes the AOT cache entry (code and record) of the module whose

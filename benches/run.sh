@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/prepare.sh benches/run.sh
 if [ -z "${WASMHYBRID_BENCH_SHIM_DIR:-}" ]; then
-  cargo build --release --quiet -p wasmhybrid-shim
+  # The shim as shipped, into target/shim/release.
+  bash scripts/build-shim.sh --release >/dev/null
 fi
 if [ "${1:-delegation}" = aot ]; then bash scripts/build-fixtures.sh --big; fi
 cargo bench --quiet -p wasmhybrid-benches --bench "${1:-delegation}"

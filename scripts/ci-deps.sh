@@ -3,7 +3,8 @@
 # when it is missing: containerd and runc (the real runtime parts the tests
 # drive), the CNI plugins and iproute2 (the CRI tests' pod network),
 # protobuf-compiler and libseccomp-dev (runwasi's crates build with
-# them), and the wasm32 Rust targets for the fixtures.
+# them), the wasm32 Rust targets for the fixtures, and the musl target the
+# shim's launcher is built for (scripts/build-shim.sh).
 set -euo pipefail
 
 need=()
@@ -25,6 +26,6 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-for t in wasm32-wasip1 wasm32-wasip2; do
+for t in wasm32-wasip1 wasm32-wasip2 "$(uname -m)-unknown-linux-musl"; do
   rustup target list --installed | grep -qx "$t" || rustup target add "$t"
 done

@@ -9,5 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/prepare.sh scripts/demo.sh
-cargo build --release --quiet -p wasmhybrid-shim -p wasmhybrid-harness
+# The shim as shipped (target/shim/release), then the demo driver.
+bash scripts/build-shim.sh --release >/dev/null
+cargo build --release --quiet -p wasmhybrid-harness
 exec ./target/release/wasmhybrid-demo "$@"

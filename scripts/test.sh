@@ -12,6 +12,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== scripts/build-shim.sh"
+# The shim as shipped (static launcher + daemon binary), which the
+# containerd tests run.
+WASMHYBRID_SHIM_DIR="$(bash scripts/build-shim.sh)"
+export WASMHYBRID_SHIM_DIR
+echo "shim: $WASMHYBRID_SHIM_DIR"
 echo "== cargo test"
 # Unit and integration tests; not the benchmarks (benches/run.sh runs those).
 cargo test --workspace --lib --bins --tests 2>&1 | tee target/test-output.txt

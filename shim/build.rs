@@ -1,4 +1,4 @@
-//! Links the shim binary as a non-PIE executable, and records the target
+//! Links the shim binaries as non-PIE executables, and records the target
 //! triple for the AOT cache layout.
 //!
 //! containerd runs the shim binary for every container start (the `start`
@@ -13,5 +13,10 @@ fn main() {
     // The AOT cache files code under the target triple it was built for.
     let target = std::env::var("TARGET").unwrap_or_default();
     println!("cargo:rustc-env=WASMHYBRID_TARGET={target}");
-    println!("cargo:rustc-link-arg-bins=-no-pie");
+    // glibc builds only: the launcher's static musl build is made non-PIE by
+    // `-C relocation-model=static` (.cargo/config.toml); `-no-pie` there
+    // would link static-PIE start files into a non-PIE binary.
+    if std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu") {
+        println!("cargo:rustc-link-arg-bins=-no-pie");
+    }
 }

@@ -138,19 +138,74 @@ pub fn import_archive(
     Ok(())
 }
 
-/// The directory of the shim binary that was built with the running
-/// executable (`target/debug` or `target/release`).
+/// The shim's two binaries: the launcher containerd runs and the daemon
+/// binary it starts from its own directory.
+pub const SHIM_BINARIES: [&str; 2] = ["containerd-shim-wasmhybrid-v1", "wasmhybrid"];
+/// Names a directory holding both [`SHIM_BINARIES`] to run instead of the
+/// ones found next to the running executable.
+pub const ENV_SHIM_DIR: &str = "WASMHYBRID_SHIM_DIR";
+
+fn has_shim(dir: &Path) -> bool {
+    SHIM_BINARIES.iter().all(|b| dir.join(b).is_file())
+}
+
+/// The shim to run for a cargo output directory `profile_dir`
+/// (`target/debug` or `target/release`): [`ENV_SHIM_DIR`] if set; else what
+/// `scripts/build-shim.sh` assembled for that profile (`target/shim/<profile>`:
+/// the static launcher and the daemon binary, as shipped); else cargo's own
+/// build of both binaries in `profile_dir`.
+pub fn shim_dir_for(profile_dir: &Path) -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(ENV_SHIM_DIR) {
+        let dir = PathBuf::from(dir);
+        if !has_shim(&dir) {
+            bail!(
+                "{ENV_SHIM_DIR}={}: it must hold {} and {} (scripts/build-shim.sh writes them)",
+                dir.display(),
+                SHIM_BINARIES[0],
+                SHIM_BINARIES[1]
+            );
+        }
+        return Ok(dir);
+    }
+    if let (Some(target), Some(profile)) = (profile_dir.parent(), profile_dir.file_name()) {
+        let shipped = target.join("shim").join(profile);
+        if has_shim(&shipped) {
+            return Ok(shipped);
+        }
+    }
+    if has_shim(profile_dir) {
+        return Ok(profile_dir.to_path_buf());
+    }
+    bail!(
+        "no shim in {}: build it with `bash scripts/build-shim.sh` (or `cargo build -p wasmhybrid-shim`)",
+        profile_dir.display()
+    )
+}
+
+/// [`shim_dir_for`] the cargo output directory of the running executable
+/// (`target/<profile>`, or its `deps/` for tests and benches).
 pub fn shim_dir_next_to_exe() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().map(Path::to_path_buf);
-    while let Some(d) = dir {
-        if d.join("containerd-shim-wasmhybrid-v1").is_file() {
-            return Ok(d);
-        }
-        dir = d.parent().map(Path::to_path_buf);
+    if dir.as_deref().and_then(Path::file_name) == Some(std::ffi::OsStr::new("deps")) {
+        dir = dir.and_then(|d| d.parent().map(Path::to_path_buf));
     }
-    bail!(
-        "containerd-shim-wasmhybrid-v1 not found next to {}: build it with `cargo build -p wasmhybrid-shim`",
-        exe.display()
-    )
+    let dir = dir.with_context(|| format!("no directory for {}", exe.display()))?;
+    shim_dir_for(&dir)
+}
+
+/// Whether `binary` is statically linked (an ELF file without a program
+/// interpreter), as the shipped launcher is.
+pub fn is_static_executable(binary: &Path) -> Result<bool> {
+    use object::{Object as _, ObjectSection as _};
+    let bytes = std::fs::read(binary).with_context(|| format!("read {}", binary.display()))?;
+    let file = object::File::parse(bytes.as_slice())
+        .with_context(|| format!("{} is not an executable", binary.display()))?;
+    anyhow::ensure!(
+        file.format() == object::BinaryFormat::Elf,
+        "{} is not an ELF file",
+        binary.display()
+    );
+    Ok(file.section_by_name(".interp").is_none()
+        && !file.sections().any(|s| s.name() == Ok(".dynamic")))
 }

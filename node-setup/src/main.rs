@@ -47,7 +47,8 @@ struct Args {
     /// containerd's socket [default: the flavor's].
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// The shim binary to install [default: beside this installer].
+    /// The shim binary to install, with the daemon binary `wasmhybrid`
+    /// beside it [default: beside this installer].
     #[arg(long)]
     shim: Option<PathBuf>,
     /// Where to install the shim [default: <host-root>/usr/local/bin].

@@ -16,7 +16,8 @@ use crate::node::Node;
 /// The shim binary's name; containerd finds it on its `PATH` from the
 /// runtime type `io.containerd.wasmhybrid.v1`.
 pub const SHIM: &str = "containerd-shim-wasmhybrid-v1";
-/// The operator tool's name, a symlink to the shim.
+/// The shim daemon and operator tool, installed beside [`SHIM`] (which
+/// starts it from there).
 pub const TOOL: &str = "wasmhybrid";
 /// The node label that the RuntimeClass schedules on.
 pub const LABEL: &str = "wasmhybrid.io/ready";
@@ -36,7 +37,8 @@ pub enum Restart {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub node: Node,
-    /// The shim binary to install; `None`: beside this installer.
+    /// The shim binary to install (with [`TOOL`] beside it); `None`:
+    /// beside this installer.
     pub shim: Option<PathBuf>,
     /// Where the shim goes (as the installer sees it).
     pub bin_dir: PathBuf,
@@ -99,20 +101,35 @@ pub fn install(o: &Options) -> Result<()> {
     let config = files::install_seeded(&n.config, n.seed.as_deref(), true)?;
 
     let source = o.shim_source()?;
-    let dest = o.shim_dest();
-    let bin_changed = install_binary(&source, &dest, o.dry_run)?;
-    say(
-        o.dry_run,
-        &format!(
-            "shim: {} {}",
-            dest.display(),
-            if bin_changed {
-                "installed"
-            } else {
-                "already up to date"
-            }
-        ),
-    );
+    let tool_source = source.with_file_name(TOOL);
+    // Both or neither: the launcher starts the daemon binary beside it.
+    for from in [&source, &tool_source] {
+        if !from.is_file() {
+            bail!(
+                "{} does not exist: the shim's two binaries, {SHIM} and {TOOL}, are installed \
+                 from one directory",
+                from.display()
+            );
+        }
+    }
+    for (from, to) in [
+        (&source, o.shim_dest()),
+        (&tool_source, o.bin_dir.join(TOOL)),
+    ] {
+        let changed = install_binary(from, &to, o.dry_run)?;
+        say(
+            o.dry_run,
+            &format!(
+                "shim: {} {}",
+                to.display(),
+                if changed {
+                    "installed"
+                } else {
+                    "already up to date"
+                }
+            ),
+        );
+    }
 
     let config_changed = match config {
         Outcome::Unchanged => {
@@ -200,34 +217,33 @@ pub fn uninstall(o: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Copies the shim to `dest` (atomically, 0755) unless it is already
-/// there byte for byte, and points the `wasmhybrid` symlink at it.
-/// Returns whether anything changed.
+/// Copies a binary to `dest` (atomically, 0755) unless it is already there
+/// byte for byte (a symlink there, as releases before 0.2 installed the
+/// tool, is replaced). Returns whether anything changed.
 fn install_binary(source: &Path, dest: &Path, dry_run: bool) -> Result<bool> {
-    let bytes = std::fs::read(source).with_context(|| format!("read {}", source.display()))?;
+    let bytes = std::fs::read(source).with_context(|| {
+        format!(
+            "read {} (the shim's two binaries, {SHIM} and {TOOL}, are installed from one directory)",
+            source.display()
+        )
+    })?;
     if !bytes.starts_with(b"\x7fELF") {
         bail!("{} is not an executable (no ELF header)", source.display());
     }
-    let link = dest.with_file_name(TOOL);
-    let same = std::fs::read(dest).is_ok_and(|old| old == bytes);
-    let link_ok = std::fs::read_link(&link).is_ok_and(|t| t == Path::new(SHIM));
-    if (same && link_ok) || dry_run {
-        return Ok(!(same && link_ok));
+    let is_file = dest
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_file());
+    let same = is_file && std::fs::read(dest).is_ok_and(|old| old == bytes);
+    if same || dry_run {
+        return Ok(!same);
     }
     let dir = dest.parent().context("shim destination has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    if !same {
-        let tmp = dest.with_extension("wasmhybrid-tmp");
-        std::fs::write(&tmp, &bytes)
-            .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
-            .and_then(|()| std::fs::rename(&tmp, dest))
-            .with_context(|| format!("install {}", dest.display()))?;
-    }
-    if !link_ok {
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(SHIM, &link)
-            .with_context(|| format!("link {}", link.display()))?;
-    }
+    let tmp = dest.with_extension("wasmhybrid-tmp");
+    std::fs::write(&tmp, &bytes)
+        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
+        .and_then(|()| std::fs::rename(&tmp, dest))
+        .with_context(|| format!("install {}", dest.display()))?;
     Ok(true)
 }
 
@@ -289,7 +305,7 @@ fn wait_for_socket(socket: &Path, wait: Duration, service: &str) -> Result<()> {
 /// Precompiles the node's Wasm images with the installed shim. A failure
 /// is reported but does not fail the installation: a start then compiles.
 fn warm(o: &Options) {
-    let shim = o.shim_dest();
+    let shim = o.bin_dir.join(TOOL);
     let cache_dir = o
         .cache_dir
         .clone()

@@ -19,8 +19,10 @@ impl FakeNode {
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
             std::fs::write(p, bytes).expect("write");
         }
-        // A fake shim and a kubectl that records its arguments.
+        // A fake shim (launcher and daemon binary, side by side) and a
+        // kubectl that records its arguments.
         std::fs::write(dir.path().join("shim"), b"\x7fELF fake shim").expect("write");
+        std::fs::write(dir.path().join("wasmhybrid"), b"\x7fELF fake daemon").expect("write");
         let kubectl = dir.path().join("kubectl");
         std::fs::write(
             &kubectl,
@@ -93,9 +95,11 @@ fn install_twice_then_uninstall_on_a_containerd_node() {
         std::fs::metadata(&shim).expect("meta").permissions().mode() & 0o777,
         0o755
     );
+    let tool = node.path("usr/local/bin/wasmhybrid");
+    assert_eq!(std::fs::read(&tool).expect("tool"), b"\x7fELF fake daemon");
     assert_eq!(
-        std::fs::read_link(node.path("usr/local/bin/wasmhybrid")).expect("link"),
-        Path::new("containerd-shim-wasmhybrid-v1")
+        std::fs::metadata(&tool).expect("meta").permissions().mode() & 0o777,
+        0o755
     );
     assert!(node.read(CONFIG).contains("io.containerd.wasmhybrid.v1"));
     assert_eq!(node.read("restarts.log"), "restarted\n");
@@ -162,6 +166,49 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     assert_eq!(std::fs::read(node.path(CONFIG)).expect("config"), V2);
     assert!(!node.path("usr/local/bin").exists());
     assert!(!node.path("restarts.log").exists() && !node.path("kubectl.log").exists());
+}
+
+#[test]
+fn an_upgrade_replaces_the_old_tool_symlink_with_the_daemon_binary() {
+    // Releases before the launcher installed `wasmhybrid` as a symlink to
+    // the shim.
+    let node = FakeNode::new(&[(CONFIG, V2)]);
+    let bin = node.path("usr/local/bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    std::fs::write(
+        bin.join("containerd-shim-wasmhybrid-v1"),
+        b"\x7fELF old shim",
+    )
+    .expect("old");
+    std::os::unix::fs::symlink("containerd-shim-wasmhybrid-v1", bin.join("wasmhybrid"))
+        .expect("old link");
+    let (code, out, err) = node.run("install", &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let tool = bin.join("wasmhybrid");
+    assert!(tool.symlink_metadata().expect("tool").file_type().is_file());
+    assert_eq!(std::fs::read(&tool).expect("tool"), b"\x7fELF fake daemon");
+    assert_eq!(
+        std::fs::read(bin.join("containerd-shim-wasmhybrid-v1")).expect("shim"),
+        b"\x7fELF fake shim"
+    );
+}
+
+#[test]
+fn a_shim_without_its_daemon_binary_beside_it_is_refused() {
+    let node = FakeNode::new(&[(CONFIG, V2)]);
+    std::fs::remove_file(node.path("wasmhybrid")).expect("remove");
+    let (code, out, err) = node.run("install", &[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("wasmhybrid") && err.contains("one directory"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(node.path(CONFIG)).expect("config"),
+        V2,
+        "nothing changed"
+    );
+    assert!(!node.path("usr/local/bin").exists(), "nothing installed");
 }
 
 #[test]

@@ -1,33 +1,17 @@
-//! The shim daemon: one process serving the Wasm containers of a group.
-//!
-//! containerd runs the shim's `start` action for every container and talks
-//! to whichever daemon address it prints. A group's containers share one
-//! daemon ([`Group`]):
-//!
-//! - a pod's Wasm containers (as before: the daemon leaves with the pod's
-//!   last container);
-//! - by default, every other Wasm container of a containerd namespace
-//!   ([`Sharing::Namespace`]); that daemon stays up [`ENV_LINGER`] seconds
-//!   after its last container, so the next container needs no new process;
-//! - with `WASMHYBRID_SHIM_SHARING=container`, each container alone.
-//!
-//! A daemon never leaves while a `start` has handed out its address and
-//! the container's `Tasks.Create` has not arrived: `start` and the daemon's
-//! retirement take the same lock ([`Group::lock`]), `start` leaves a
-//! pending mark for its container there, and a daemon retires only with no
-//! containers and no fresh marks, removing its socket first.
+//! The shim daemon: one process serving the Wasm containers of a group
+//! ([`crate::group`]: a pod's, a containerd namespace's, or one
+//! container's), spawned by the launcher's `start` and retiring once it has
+//! had no container for its linger.
 //!
 //! The task service ([`Tasks`]) maps containerd's task API onto
 //! [`WasmInstance`]s, as `containerd-shimkit`'s own service does for one
 //! group, and publishes the task events.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::future::Future as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use containerd_shim::api::{
@@ -49,231 +33,9 @@ use containerd_shimkit::sandbox::{Config as RuntimeConfig, Error, Instance, Inst
 use oci_spec::runtime::Spec;
 
 use crate::executor::SHIM_NAME;
+use crate::group::{ENV_DAEMON_LINGER_MS, Group};
 use crate::instance::WasmInstance;
 use crate::logging;
-
-/// Seconds a namespace's daemon stays up with no container (default 10;
-/// `0`: it leaves with its last container).
-pub const ENV_LINGER: &str = "WASMHYBRID_SHIM_LINGER";
-/// `namespace` (default) or `container`: which containers outside pods
-/// share a daemon.
-pub const ENV_SHARING: &str = "WASMHYBRID_SHIM_SHARING";
-/// The daemon's linger, from `start` to the daemon (milliseconds).
-const ENV_DAEMON_LINGER_MS: &str = "WASMHYBRID_DAEMON_LINGER_MS";
-const DEFAULT_LINGER: Duration = Duration::from_secs(10);
-/// A pending mark older than this is a `start` whose `Tasks.Create` never
-/// came (containerd failed in between).
-const PENDING_FRESH: Duration = Duration::from_secs(60);
-/// Where groups keep their lock, pending marks and daemon's working dir.
-pub const GROUPS_DIR: &str = "/run/containerd/wasmhybrid-daemons";
-/// The grouping key of a namespace's shared daemon.
-const NAMESPACE_GROUP: &str = "wasmhybrid-namespace";
-/// Prefix of the grouping key of Wasm containers in a pod, so that they
-/// never share a socket address with the pod's runc shim (which groups by
-/// the bare sandbox id).
-pub const POD_GROUP_PREFIX: &str = "wasmhybrid-";
-
-/// Which containers outside pods share a daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sharing {
-    Namespace,
-    Container,
-}
-
-/// The shim's sharing settings, from containerd's environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    pub sharing: Sharing,
-    pub linger: Duration,
-}
-
-impl Settings {
-    /// Reads [`ENV_SHARING`] and [`ENV_LINGER`]; a bad value is an error
-    /// naming the variable.
-    pub fn from_env() -> Result<Self, String> {
-        Self::parse(
-            std::env::var(ENV_SHARING).ok().as_deref(),
-            std::env::var(ENV_LINGER).ok().as_deref(),
-        )
-    }
-
-    fn parse(sharing: Option<&str>, linger: Option<&str>) -> Result<Self, String> {
-        let sharing = match sharing.map(str::trim) {
-            None | Some("") | Some("namespace") => Sharing::Namespace,
-            Some("container") => Sharing::Container,
-            Some(other) => {
-                return Err(format!(
-                    "{ENV_SHARING}={other:?}: expected \"namespace\" or \"container\""
-                ));
-            }
-        };
-        let linger = match linger.map(str::trim) {
-            None | Some("") => DEFAULT_LINGER,
-            Some(s) => match s.parse::<u32>() {
-                Ok(secs) if secs <= 3600 => Duration::from_secs(secs.into()),
-                _ => {
-                    return Err(format!(
-                        "{ENV_LINGER}={s:?}: expected whole seconds from 0 to 3600"
-                    ));
-                }
-            },
-        };
-        Ok(Self { sharing, linger })
-    }
-
-    /// The grouping key and linger of a container (`pod`: its sandbox id).
-    pub fn group_of(&self, id: &str, pod: Option<&str>) -> (String, Duration) {
-        match (pod, self.sharing) {
-            (Some(pod), _) => (format!("{POD_GROUP_PREFIX}{pod}"), Duration::ZERO),
-            (None, Sharing::Namespace) => (NAMESPACE_GROUP.to_string(), self.linger),
-            (None, Sharing::Container) => (id.to_string(), Duration::ZERO),
-        }
-    }
-}
-
-/// A group's daemon socket and its lock directory.
-#[derive(Debug, Clone)]
-pub struct Group {
-    key: String,
-    address: String,
-    socket: PathBuf,
-    dir: PathBuf,
-}
-
-/// The exclusive lock of a group, held while handing out or retiring its
-/// daemon.
-pub struct GroupLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
-
-impl GroupLock {
-    /// Keeps the lock until the process exits, so that no `start` finds
-    /// a daemon on its way out.
-    fn hold_until_exit(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Group {
-    pub fn new(containerd_address: &str, namespace: &str, key: &str) -> Self {
-        let address = containerd_shim::socket_address(containerd_address, namespace, key);
-        let socket = PathBuf::from(address.strip_prefix("unix://").unwrap_or(&address));
-        let name = socket
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| key.to_string());
-        Self {
-            key: key.to_string(),
-            address,
-            dir: Path::new(GROUPS_DIR).join(name),
-            socket,
-        }
-    }
-
-    pub fn address(&self) -> &str {
-        &self.address
-    }
-
-    /// Takes the group's lock (blocking while another holder has it).
-    pub fn lock(&self) -> std::io::Result<GroupLock> {
-        std::fs::create_dir_all(self.dir.join("pending"))?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(self.dir.join("lock"))?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map(GroupLock)
-            .map_err(|(_, e)| std::io::Error::from(e))
-    }
-
-    fn pending(&self, id: &str) -> PathBuf {
-        self.dir.join("pending").join(id)
-    }
-
-    /// Marks `id` as handed this group's daemon (under the lock).
-    /// containerd's ids are `[A-Za-z0-9][A-Za-z0-9_.-]*`; anything else is
-    /// refused rather than used as a file name.
-    fn mark_pending(&self, id: &str) -> std::io::Result<()> {
-        let valid = id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if !valid {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("container id {id:?} is not a containerd identifier"),
-            ));
-        }
-        std::fs::write(self.pending(id), b"")
-    }
-
-    /// The container's `Tasks.Create` has arrived (or failed).
-    fn unmark_pending(&self, id: &str) {
-        let _ = std::fs::remove_file(self.pending(id));
-    }
-
-    /// Whether a `start` handed out the daemon for a container that has
-    /// not arrived yet (stale marks are removed).
-    fn has_pending(&self) -> bool {
-        let mut fresh = false;
-        for entry in std::fs::read_dir(self.dir.join("pending"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let age = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .unwrap_or_default();
-            if age < PENDING_FRESH {
-                fresh = true;
-            } else {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        fresh
-    }
-
-    fn daemon_alive(&self) -> bool {
-        std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
-    }
-}
-
-/// The `start` action's side: the address of the group's daemon for
-/// container `opts.id`, spawning one if none is up.
-pub fn lease(group: &Group, opts: StartOpts, linger: Duration) -> Result<String, String> {
-    let lock = group
-        .lock()
-        .map_err(|e| format!("cannot lock {}: {e}", group.dir.display()))?;
-    group
-        .mark_pending(&opts.id)
-        .map_err(|e| format!("cannot mark {} pending: {e}", opts.id))?;
-    if group.daemon_alive() {
-        drop(lock);
-        containerd_shim::util::write_address(group.address()).map_err(|e| e.to_string())?;
-        return Ok(group.address().to_string());
-    }
-    let id = opts.id.clone();
-    // A socket left by a daemon that died: nobody is listening on it.
-    let _ = std::fs::remove_file(&group.socket);
-    let linger_ms = linger.as_millis().to_string();
-    let opts = StartOpts {
-        id: group.key.clone(),
-        ..opts
-    };
-    let spawned =
-        containerd_shim::spawn(opts, &group.key, vec![(ENV_DAEMON_LINGER_MS, &linger_ms)])
-            .and_then(|(_, address)| {
-                containerd_shim::util::write_address(&address).map(|()| address)
-            });
-    if spawned.is_err() {
-        group.unmark_pending(&id);
-    }
-    drop(lock);
-    spawned.map_err(|e| format!("cannot start the shim daemon: {e}"))
-}
 
 // ---------------------------------------------------------------------------
 // The daemon process.
@@ -383,7 +145,7 @@ impl containerd_shim::Shim for Daemon {
         // The daemon outlives the bundle it was started in: it works from
         // its group's directory (where containerd-shim's exit path reads
         // the `address` file).
-        if std::env::set_current_dir(&group.dir).is_ok() {
+        if std::env::set_current_dir(group.dir()).is_ok() {
             let _ = std::fs::write("address", group.address());
         }
         Daemon {
@@ -477,7 +239,7 @@ impl Shared {
         if !self.tasks().entries.is_empty() || self.group.has_pending() {
             return false;
         }
-        let _ = std::fs::remove_file(&self.group.socket);
+        let _ = std::fs::remove_file(self.group.socket());
         log::info!("no containers for {:?}: shim daemon exiting", self.linger);
         lock.hold_until_exit();
         true
@@ -969,44 +731,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn settings_default_to_a_namespace_daemon_lingering_10_s() {
-        let s = Settings::parse(None, None).expect("defaults");
-        assert_eq!(s.sharing, Sharing::Namespace);
-        assert_eq!(s.linger, Duration::from_secs(10));
-        let s = Settings::parse(Some("container"), Some(" 0 ")).expect("valid");
-        assert_eq!(s.sharing, Sharing::Container);
-        assert_eq!(s.linger, Duration::ZERO);
-    }
-
-    #[test]
-    fn bad_settings_name_the_variable() {
-        let e = Settings::parse(Some("pod"), None).unwrap_err();
-        assert!(e.contains(ENV_SHARING) && e.contains("\"pod\""), "{e}");
-        for bad in ["-1", "1.5", "ten", "3601"] {
-            let e = Settings::parse(None, Some(bad)).unwrap_err();
-            assert!(e.contains(ENV_LINGER), "{e}");
-        }
-    }
-
-    #[test]
-    fn groups_pods_namespaces_and_lone_containers() {
-        let ns = Settings::parse(None, Some("5")).expect("valid");
-        assert_eq!(
-            ns.group_of("c1", Some("pod1")),
-            ("wasmhybrid-pod1".to_string(), Duration::ZERO)
-        );
-        assert_eq!(
-            ns.group_of("c1", None),
-            (NAMESPACE_GROUP.to_string(), Duration::from_secs(5))
-        );
-        let alone = Settings::parse(Some("container"), Some("5")).expect("valid");
-        assert_eq!(
-            alone.group_of("c1", None),
-            ("c1".to_string(), Duration::ZERO)
-        );
-    }
-
-    #[test]
     fn task_phases_follow_containerds_task_api() {
         let mut p = Phase::Created;
         assert!(transition(&mut p, Phase::Started).is_err());
@@ -1048,35 +772,5 @@ mod tests {
             ..Default::default()
         };
         assert!(runtime_config(Some(&wrong)).is_err());
-    }
-
-    #[test]
-    fn pending_marks_hold_a_group_until_stale() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let group = Group {
-            key: "k".into(),
-            address: "unix:///nonexistent".into(),
-            socket: dir.path().join("sock"),
-            dir: dir.path().join("group"),
-        };
-        let lock = group.lock().expect("lock");
-        assert!(!group.has_pending());
-        group.mark_pending("c1").expect("mark");
-        assert!(group.has_pending());
-        let old = SystemTime::now() - PENDING_FRESH - Duration::from_secs(1);
-        File::options()
-            .write(true)
-            .open(group.pending("c1"))
-            .and_then(|f| f.set_modified(old))
-            .expect("age the mark");
-        assert!(!group.has_pending(), "a stale mark does not count");
-        assert!(!group.pending("c1").exists(), "and is removed");
-        group.mark_pending("c2").expect("mark");
-        group.unmark_pending("c2");
-        assert!(!group.has_pending());
-        for bad in ["", "..", "../x", "a/b", ".hidden"] {
-            assert!(group.mark_pending(bad).is_err(), "{bad:?}");
-        }
-        drop(lock);
     }
 }

@@ -1,22 +1,25 @@
 //! wasmhybrid: a containerd shim that runs WebAssembly workloads in Wasmtime
 //! from a per-architecture AOT cache, and hands everything else to runc.
 //!
-//! The shim is built on runwasi's shim framework (`containerd-shimkit`: the
-//! containerd task service and the zygote process that containers are
-//! forked from) and youki's libcontainer, which creates the container
-//! (namespaces, cgroups, mounts, rootfs). From there:
+//! Two binaries come out of this crate:
 //!
-//! - [`cli`] handles containerd's `start`/`delete` actions: [`dispatch`]
-//!   routes each container to Wasmtime or to runc ([`runc`]), using the
-//!   image metadata read by [`image`]; `wasmhybrid cache ...` is [`tool`],
-//!   and the AOT bundles it writes and imports are [`bundle`];
+//! - `containerd-shim-wasmhybrid-v1`, the [`launcher`] containerd runs for
+//!   every container's `start` and `delete`: [`dispatch`] routes each
+//!   container to Wasmtime or to runc ([`runc`]), using the image metadata
+//!   read by [`image`]; a Wasm container goes to its group's daemon
+//!   ([`group`]). It is built from the modules above only (the crate
+//!   without its `daemon` feature), small and static;
+//! - `wasmhybrid` ([`cli`]), with the `daemon` feature: the shim
+//!   [`daemon`] that serves a group's Wasm containers, and the operator
+//!   tool `wasmhybrid cache ...` ([`tool`]; AOT bundles in [`bundle`]).
+//!
+//! In the daemon:
+//!
 //! - [`instance`] is the daemon's side of a Wasm container: it decides what
 //!   to run, reads the entrypoint ([`source`]) and gets native code from
 //!   the AOT [`cache`] on the host, before the container exists;
 //! - [`executor`] runs in the container's processes: maps the code, creates
-//!   the container, runs the workload in its init process;
-//! - [`dispatch`] decides, as pure functions, the runtime and what Wasm to
-//!   run, with the reason;
+//!   the container ([`isolation`], [`cgroup`]), runs the workload;
 //! - [`engine`] holds every Wasmtime call (compile, precompile, load, run,
 //!   serve);
 //! - [`http`] is the HTTP serving path (listener and request dispatch) that
@@ -24,26 +27,46 @@
 //! - [`config`] parses the few knobs a workload can set;
 //! - [`signals`] gives the Wasm process container-like signal semantics.
 
-pub mod bundle;
-pub mod cache;
 pub mod cgroup;
-pub mod cli;
-pub mod config;
-pub mod daemon;
 pub mod dispatch;
-pub mod engine;
-pub mod executor;
 pub mod exit;
-pub mod hooks;
-pub mod http;
+pub mod group;
 pub mod image;
-pub mod instance;
-pub mod isolation;
-pub mod logging;
-pub mod rootfs;
+pub mod launcher;
 pub mod runc;
+
+#[cfg(feature = "daemon")]
+pub mod bundle;
+#[cfg(feature = "daemon")]
+pub mod cache;
+#[cfg(feature = "daemon")]
+pub mod cli;
+#[cfg(feature = "daemon")]
+pub mod config;
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod engine;
+#[cfg(feature = "daemon")]
+pub mod executor;
+#[cfg(feature = "daemon")]
+pub mod hooks;
+#[cfg(feature = "daemon")]
+pub mod http;
+#[cfg(feature = "daemon")]
+pub mod instance;
+#[cfg(feature = "daemon")]
+pub mod isolation;
+#[cfg(feature = "daemon")]
+pub mod logging;
+#[cfg(feature = "daemon")]
+pub mod rootfs;
+#[cfg(feature = "daemon")]
 pub mod signals;
+#[cfg(feature = "daemon")]
 pub mod source;
+#[cfg(feature = "daemon")]
 pub mod tool;
 
+#[cfg(feature = "daemon")]
 pub use daemon::run as run_shim;

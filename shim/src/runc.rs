@@ -159,10 +159,21 @@ pub fn already_cleaned(bundle: &Path, namespace: &str, id: &str) -> bool {
     }
 }
 
+/// The shim API's `DeleteResponse` (containerd
+/// `api/runtime/task/v2/shim.proto`), as the `delete` action prints it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeleteResponse {
+    #[prost(uint32, tag = "1")]
+    pub pid: u32,
+    #[prost(uint32, tag = "2")]
+    pub exit_status: u32,
+    #[prost(message, optional, tag = "3")]
+    pub exited_at: Option<prost_types::Timestamp>,
+}
+
 /// What `containerd-shim-runc-v2 delete` answers for a cleaned-up
 /// container: exit status 137, exited now, and the init pid if recorded.
-pub fn cleaned_response(bundle: &Path) -> containerd_shim::DeleteResponse {
-    use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+pub fn cleaned(bundle: &Path) -> DeleteResponse {
     let pid = std::fs::read_to_string(bundle.join("init.pid"))
         .ok()
         .and_then(|p| p.trim().parse::<u32>().ok())
@@ -170,14 +181,19 @@ pub fn cleaned_response(bundle: &Path) -> containerd_shim::DeleteResponse {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let mut exited_at = Timestamp::new();
-    exited_at.seconds = now.as_secs() as i64;
-    exited_at.nanos = now.subsec_nanos() as i32;
-    let mut resp = containerd_shim::DeleteResponse::new();
-    resp.pid = pid;
-    resp.exit_status = 128 + libc::SIGKILL as u32;
-    resp.exited_at = Some(exited_at).into();
-    resp
+    DeleteResponse {
+        pid,
+        exit_status: 128 + libc::SIGKILL as u32,
+        exited_at: Some(prost_types::Timestamp {
+            seconds: now.as_secs() as i64,
+            nanos: now.subsec_nanos() as i32,
+        }),
+    }
+}
+
+/// [`cleaned`], encoded for stdout.
+pub fn cleaned_response(bundle: &Path) -> Vec<u8> {
+    prost::Message::encode_to_vec(&cleaned(bundle))
 }
 
 #[cfg(test)]
@@ -195,8 +211,12 @@ mod tests {
         .expect("options");
         assert!(already_cleaned(bundle.path(), "ns", "id"));
         std::fs::write(bundle.path().join("init.pid"), "4242").expect("pid");
-        let resp = cleaned_response(bundle.path());
+        let resp = cleaned(bundle.path());
         assert_eq!((resp.pid, resp.exit_status), (4242, 137));
+        let decoded: DeleteResponse =
+            prost::Message::decode(cleaned_response(bundle.path()).as_slice()).expect("decode");
+        assert_eq!(decoded.pid, 4242);
+        assert!(decoded.exited_at.is_some_and(|t| t.seconds > 0));
     }
 
     #[test]

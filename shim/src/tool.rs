@@ -144,18 +144,10 @@ enum ToolError {
     Other(String),
 }
 
-/// Whether `args` (argv) is a tool invocation rather than containerd's.
-pub fn is_tool_invocation(args: &[std::ffi::OsString]) -> bool {
-    let argv0 = args
-        .first()
-        .map(|a| Path::new(a).file_name().unwrap_or_default().to_owned())
-        .unwrap_or_default();
-    argv0 == "wasmhybrid" || args.get(1).is_some_and(|a| a == "cache")
-}
-
 /// Runs the tool; returns the process exit code.
 pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
-    // `containerd-shim-wasmhybrid-v1 cache ...` reads as `wasmhybrid cache ...`.
+    // `containerd-shim-wasmhybrid-v1 cache ...` (passed on by the launcher
+    // with its argv[0]) reads as `wasmhybrid cache ...`.
     let mut args = args;
     if let Some(a0) = args.first_mut() {
         *a0 = "wasmhybrid".into();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use wasmhybrid_harness::client::{Ctrd, RunOpts, Running, WASMHYBRID_RUNTIME};
 use wasmhybrid_harness::daemon::{DaemonOptions, PrivateContainerd};
-use wasmhybrid_harness::fixtures::{Fixture, import_image};
+use wasmhybrid_harness::fixtures::{Fixture, import_image, shim_dir_for};
 use wasmhybrid_harness::image::ImageSpec;
 
 pub const P1_ROOTFS: &str = "localhost/wh/cmd-p1:rootfs";
@@ -19,12 +19,15 @@ pub struct TestEnv {
     pub ctrd: Ctrd,
 }
 
-/// The directory of the shim binary built for these tests.
+/// The directory of the shim these tests run: the launcher and daemon
+/// binary that `scripts/build-shim.sh` assembled for this profile
+/// (`target/shim/debug`, as shipped; `scripts/test.sh` builds it), else
+/// cargo's build of both for these tests ([`shim_dir_for`]).
 pub fn shim_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_containerd-shim-wasmhybrid-v1"))
+    let profile_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-wasmhybrid-v1"))
         .parent()
-        .expect("shim dir")
-        .to_path_buf()
+        .expect("shim dir");
+    shim_dir_for(profile_dir).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 impl TestEnv {
@@ -54,6 +57,19 @@ impl TestEnv {
             .await
             .expect("connect to containerd");
         Self { daemon, ns, ctrd }
+    }
+
+    /// A test environment on a containerd the test started itself, in
+    /// namespace `ns` (from [`PrivateContainerd::namespace`]).
+    pub async fn attach(daemon: PrivateContainerd, ns: &str) -> Self {
+        let ctrd = Ctrd::connect(&daemon.address(), ns)
+            .await
+            .expect("connect to containerd");
+        Self {
+            daemon,
+            ns: ns.to_string(),
+            ctrd,
+        }
     }
 
     /// Reconnects after [`PrivateContainerd::restart`].

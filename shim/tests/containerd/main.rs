@@ -15,5 +15,6 @@ mod delegation;
 mod errors;
 mod http;
 mod isolation;
+mod launcher;
 mod lifecycle;
 mod sharing;
