@@ -24,16 +24,17 @@ use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, Ta
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::shim::shim_ttrpc::Task;
 use containerd_shim::protos::ttrpc;
+use containerd_shim::protos::ttrpc::asynchronous::TtrpcContext;
 use containerd_shim::protos::types::task::Status;
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{DeleteResponse, Flags, StartOpts, TtrpcContext, TtrpcResult};
+use containerd_shim::{DeleteResponse, Flags, TtrpcResult};
+use containerd_shim_protos::shim::shim_ttrpc_async;
 use containerd_shimkit::sandbox::{Config as RuntimeConfig, Error, Instance, InstanceConfig};
 use oci_spec::runtime::Spec;
 
 use crate::executor::SHIM_NAME;
-use crate::group::{ENV_DAEMON_LINGER_MS, Group};
+use crate::group::{ENV_DAEMON_LINGER_MS, Group, SOCKET_FD};
 use crate::instance::WasmInstance;
 use crate::logging;
 
@@ -80,13 +81,114 @@ pub fn run() {
     );
     containerd_shimkit::zygote::Zygote::global().run(crate::executor::prewarm, ());
     logging::init(&std::env::current_dir().unwrap_or_default(), debug);
-    let config = containerd_shim::Config {
-        no_setup_logger: true,
-        default_log_level: "info".to_string(),
-        no_reaper: false,
-        no_sub_reaper: false,
+    if let Err(e) = serve(&flags) {
+        log::error!("shim daemon: {e}");
+        eprintln!("{SHIM_NAME}: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Why the daemon could not serve.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("no namespace: containerd passes -namespace")]
+    NoNamespace,
+    #[error("{TTRPC_ADDRESS} is not set: containerd starts shims with it")]
+    NoTtrpcAddress,
+    #[error("cannot become the subreaper of the containers: {0}")]
+    Subreaper(nix::Error),
+    #[error("cannot handle signals: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot connect to containerd's events at {address}: {source}")]
+    Publisher {
+        address: String,
+        source: containerd_shim::Error,
+    },
+    #[error("task service: {0}")]
+    Server(#[from] ttrpc::Error),
+}
+
+/// containerd's TTRPC address (for events), in the shim's environment.
+const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
+
+/// Serves the task API on the listening socket the launcher passed
+/// ([`crate::group::SOCKET_FD`]) until the daemon retires. The server is
+/// ttrpc's asynchronous one on [`RUNTIME`]: a connection (containerd opens
+/// one per container) costs a task, not the sync server's six threads.
+fn serve(flags: &Flags) -> Result<(), ServeError> {
+    if flags.namespace.is_empty() {
+        return Err(ServeError::NoNamespace);
+    }
+    let ttrpc_address = std::env::var(TTRPC_ADDRESS).map_err(|_| ServeError::NoTtrpcAddress)?;
+    // Orphans among the containers' processes are reparented here, and
+    // every child is reaped by the signal thread.
+    nix::sys::prctl::set_child_subreaper(true).map_err(ServeError::Subreaper)?;
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGPIPE,
+        signal_hook::consts::SIGCHLD,
+    ])
+    .map_err(ServeError::Signals)?;
+    std::thread::spawn(move || handle_signals(signals));
+
+    let shared = Arc::new(Shared::new(flags));
+    let publisher =
+        RemotePublisher::new(&ttrpc_address).map_err(|source| ServeError::Publisher {
+            address: ttrpc_address.clone(),
+            source,
+        })?;
+    let events = Arc::new(Events::new(shared.namespace.clone(), publisher));
+    let tasks = Tasks {
+        shared: shared.clone(),
+        events: events.clone(),
     };
-    containerd_shim::run::<Daemon>(SHIM_NAME, Some(config));
+    let service = shim_ttrpc_async::create_task(Arc::new(Box::new(tasks)));
+    let mut server = ttrpc::asynchronous::Server::new()
+        .add_listener(SOCKET_FD)?
+        .set_domain_unix()
+        .register_service(service);
+    RUNTIME.block_on(server.start())?;
+    log::info!("shim daemon serving {}", shared.group.address());
+    {
+        let shared = shared.clone();
+        std::thread::spawn(move || shared.watch_idle());
+    }
+    shared.wait_retired();
+    RUNTIME.block_on(server.shutdown())?;
+    events.flush();
+    log::debug!("daemon retired");
+    Ok(())
+}
+
+/// Reaps every child (the zygote processes, a container's process that
+/// its pidfd did not catch first, hooks) and tells the exit monitor;
+/// SIGTERM and SIGINT do not stop the daemon (it retires on its own).
+fn handle_signals(mut signals: signal_hook::iterator::Signals) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    for sig in signals.forever() {
+        if sig != signal_hook::consts::SIGCHLD {
+            log::debug!("received signal {sig}");
+            continue;
+        }
+        loop {
+            let exited = match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, status)) => (pid, status),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, 128 + sig as i32),
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    log::warn!("waitpid: {e}");
+                    break;
+                }
+            };
+            if let Err(e) =
+                containerd_shim::monitor::monitor_notify_by_pid(exited.0.as_raw(), exited.1)
+            {
+                log::warn!("exit of {}: {e}", exited.0);
+            }
+        }
+    }
 }
 
 fn print_info() {
@@ -109,11 +211,6 @@ fn print_info() {
     }
 }
 
-/// The daemon's `containerd_shim::Shim`: serves [`Tasks`] until retired.
-pub struct Daemon {
-    shared: Arc<Shared>,
-}
-
 /// What the task service and the retirement watch share.
 struct Shared {
     group: Group,
@@ -122,7 +219,6 @@ struct Shared {
     linger: Duration,
     tasks: Mutex<Tasks_>,
     wake: Condvar,
-    events: OnceLock<Arc<Events>>,
     retired_cv: (Mutex<bool>, Condvar),
 }
 
@@ -132,10 +228,8 @@ struct Tasks_ {
     idle_since: Option<Instant>,
 }
 
-impl containerd_shim::Shim for Daemon {
-    type T = Tasks;
-
-    fn new(_runtime_id: &str, flags: &Flags, _config: &mut containerd_shim::Config) -> Self {
+impl Shared {
+    fn new(flags: &Flags) -> Self {
         let group = Group::new(&flags.address, &flags.namespace, &flags.id);
         let linger = std::env::var(ENV_DAEMON_LINGER_MS)
             .ok()
@@ -143,66 +237,31 @@ impl containerd_shim::Shim for Daemon {
             .map(Duration::from_millis)
             .unwrap_or(Duration::ZERO);
         // The daemon outlives the bundle it was started in: it works from
-        // its group's directory (where containerd-shim's exit path reads
-        // the `address` file).
-        if std::env::set_current_dir(group.dir()).is_ok() {
-            let _ = std::fs::write("address", group.address());
-        }
-        Daemon {
-            shared: Arc::new(Shared {
-                group,
-                namespace: flags.namespace.clone(),
-                containerd_address: flags.address.clone(),
-                linger,
-                tasks: Mutex::new(Tasks_ {
-                    entries: HashMap::new(),
-                    idle_since: Some(Instant::now()),
-                }),
-                wake: Condvar::new(),
-                events: OnceLock::new(),
-                retired_cv: (Mutex::new(false), Condvar::new()),
+        // its group's directory.
+        let _ = std::env::set_current_dir(group.dir());
+        Shared {
+            group,
+            namespace: flags.namespace.clone(),
+            containerd_address: flags.address.clone(),
+            linger,
+            tasks: Mutex::new(Tasks_ {
+                entries: HashMap::new(),
+                idle_since: Some(Instant::now()),
             }),
+            wake: Condvar::new(),
+            retired_cv: (Mutex::new(false), Condvar::new()),
         }
     }
 
-    fn start_shim(&mut self, _opts: StartOpts) -> containerd_shim::Result<String> {
-        // The binary's `start` action is handled before the framework runs.
-        Err(containerd_shim::Error::Unimplemented(
-            "start is handled by the binary's own start action".into(),
-        ))
-    }
-
-    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        Err(containerd_shim::Error::Unimplemented(
-            "delete is handled by the binary's own delete action".into(),
-        ))
-    }
-
-    fn wait(&mut self) {
-        let shared = self.shared.clone();
-        std::thread::spawn(move || shared.watch_idle());
-        let (lock, cv) = &self.shared.retired_cv;
+    /// Blocks until [`Shared::watch_idle`] retires the daemon.
+    fn wait_retired(&self) {
+        let (lock, cv) = &self.retired_cv;
         let mut retired = lock.lock().unwrap_or_else(|e| e.into_inner());
         while !*retired {
             retired = cv.wait(retired).unwrap_or_else(|e| e.into_inner());
         }
-        if let Some(events) = self.shared.events.get() {
-            events.flush();
-        }
-        log::debug!("daemon retired");
     }
 
-    fn create_task_service(&self, publisher: RemotePublisher) -> Tasks {
-        let events = Arc::new(Events::new(self.shared.namespace.clone(), publisher));
-        let _ = self.shared.events.set(events.clone());
-        Tasks {
-            shared: self.shared.clone(),
-            events,
-        }
-    }
-}
-
-impl Shared {
     fn tasks(&self) -> std::sync::MutexGuard<'_, Tasks_> {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -250,6 +309,7 @@ impl Shared {
 // The task service.
 
 /// containerd's task API for the daemon's containers.
+#[derive(Clone)]
 pub struct Tasks {
     shared: Arc<Shared>,
     events: Arc<Events>,
@@ -625,10 +685,10 @@ impl Tasks {
         })
     }
 
-    fn wait_task(&self, req: WaitRequest) -> Result<WaitResponse, Error> {
+    async fn wait_task(&self, req: WaitRequest) -> Result<WaitResponse, Error> {
         no_exec(&req.exec_id)?;
         let entry = self.entry(&req.id)?;
-        let (exit_status, at) = RUNTIME.block_on(entry.wait());
+        let (exit_status, at) = entry.wait().await;
         Ok(WaitResponse {
             exit_status,
             exited_at: Some(timestamp(at)).into(),
@@ -678,36 +738,64 @@ impl Tasks {
     }
 }
 
-impl Task for Tasks {
-    fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
-        guarded("create", || self.create_task(req))
+/// Runs a request's blocking handler on the runtime's blocking pool (its
+/// threads are kept and reused, so a request starts no thread), panics
+/// contained ([`guarded`]).
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> TtrpcResult<T> {
+    tokio::task::spawn_blocking(move || guarded(what, f))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::INTERNAL,
+                format!("{what}: {e}"),
+            )))
+        })
+}
+
+#[async_trait::async_trait]
+impl shim_ttrpc_async::Task for Tasks {
+    async fn create(
+        &self,
+        _: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        let this = self.clone();
+        blocking("create", move || this.create_task(req)).await
     }
 
-    fn start(&self, _: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        guarded("start", || self.start_task(req))
+    async fn start(&self, _: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        let this = self.clone();
+        blocking("start", move || this.start_task(req)).await
     }
 
-    fn kill(&self, _: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        guarded("kill", || self.kill_task(req))
+    async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        let this = self.clone();
+        blocking("kill", move || this.kill_task(req)).await
     }
 
-    fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        guarded("delete", || self.delete_task(req))
+    async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        let this = self.clone();
+        blocking("delete", move || this.delete_task(req)).await
     }
 
-    fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        guarded("wait", || self.wait_task(req))
+    async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        // Until the task exits: a future, not a thread.
+        self.wait_task(req).await.map_err(ttrpc::Error::from)
     }
 
-    fn state(&self, _: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+    async fn state(&self, _: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
         guarded("state", || self.state_task(req))
     }
 
-    fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        guarded("stats", || self.stats_task(req))
+    async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        let this = self.clone();
+        blocking("stats", move || this.stats_task(req)).await
     }
 
-    fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+    async fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
         guarded("connect", || {
             let entry = self.entry(&req.id)?;
             Ok(ConnectResponse {
@@ -718,7 +806,7 @@ impl Task for Tasks {
         })
     }
 
-    fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> TtrpcResult<Empty> {
+    async fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> TtrpcResult<Empty> {
         // The daemon leaves when it has had no container for its linger
         // (at once for a pod's); see [`Shared::watch_idle`].
         self.shared.wake.notify_all();
