@@ -125,7 +125,8 @@ async fn measure(env: &Arc<Env>, daemon: &PrivateContainerd, res: &mut Results) 
     }
     if enabled("throughput") {
         let with_baseline = env_usize("WASMHYBRID_BENCH_BASELINE_THROUGHPUT", 1) == 1;
-        res.throughput = throughput::run(env, res.tasks, with_baseline).await;
+        let concurrency = throughput::concurrencies()?;
+        res.throughput = throughput::run(env, res.tasks, with_baseline, &concurrency).await;
     }
     if enabled("density") {
         let n = env_usize("WASMHYBRID_BENCH_DENSITY", 20);

@@ -9,7 +9,7 @@ use crate::common::{median, percentile, sorted};
 use crate::density::{Density, cgroup_kind};
 use crate::http::{CLIENTS, HttpSeries};
 use crate::latency::{PHASES, Series};
-use crate::throughput::{CONCURRENCY, Cell};
+use crate::throughput::Cell;
 
 /// Everything measured (a section not run stays empty).
 #[derive(Debug, Default)]
@@ -35,6 +35,17 @@ fn ratio(a: f64, b: f64) -> String {
 }
 
 impl Results {
+    /// The concurrencies the throughput section measured, in order.
+    fn concurrencies(&self) -> Vec<usize> {
+        let mut seen = vec![];
+        for c in &self.throughput {
+            if !seen.contains(&c.concurrency) {
+                seen.push(c.concurrency);
+            }
+        }
+        seen
+    }
+
     fn runc_p50(&self) -> f64 {
         self.latency
             .iter()
@@ -49,6 +60,25 @@ impl Results {
             .find(|c| c.case == case && c.concurrency == conc)
             .map(Cell::tasks_per_sec)
             .unwrap_or(f64::NAN)
+    }
+
+    fn cpu_per_task(&self, case: &str, conc: usize) -> f64 {
+        self.throughput
+            .iter()
+            .find(|c| c.case == case && c.concurrency == conc)
+            .map(Cell::cpu_ms_per_task)
+            .unwrap_or(f64::NAN)
+    }
+
+    /// The throughput section's cases, in order.
+    fn throughput_cases(&self) -> Vec<&str> {
+        let mut cases: Vec<&str> = vec![];
+        for c in &self.throughput {
+            if !cases.contains(&c.case.as_str()) {
+                cases.push(&c.case);
+            }
+        }
+        cases
     }
 
     fn density(&self, kind: &str) -> Option<&Density> {
@@ -97,23 +127,12 @@ impl Results {
                  exit 0 and stdout checked), in rounds alternating over the cases; tasks/s.\n",
                 self.tasks
             );
-            md.push_str("| case |");
-            for c in CONCURRENCY {
-                let _ = write!(md, " c={c} | x runc |");
-            }
-            md.push_str(" failures |\n| --- |");
-            md.push_str(&" ---: | ---: |".repeat(CONCURRENCY.len()));
-            md.push_str(" ---: |\n");
-            let mut cases: Vec<&str> = vec![];
-            for c in &self.throughput {
-                if !cases.contains(&c.case.as_str()) {
-                    cases.push(&c.case);
-                }
-            }
-            for case in cases {
+            let concurrency = self.concurrencies();
+            concurrency_header(&mut md, &concurrency, true);
+            for case in self.throughput_cases() {
                 let _ = write!(md, "| {case} |");
                 let mut failures = 0;
-                for conc in CONCURRENCY {
+                for &conc in &concurrency {
                     let t = self.tput(case, conc);
                     let _ = write!(md, " {t:.1} | {} |", ratio(t, self.tput("runc", conc)));
                     failures += self
@@ -124,6 +143,24 @@ impl Results {
                         .sum::<usize>();
                 }
                 let _ = writeln!(md, " {failures} |");
+            }
+            let _ = writeln!(
+                md,
+                "\nMachine CPU per task (every process and the kernel, from /proc/stat, \
+                 during the same bursts), ms:\n"
+            );
+            concurrency_header(&mut md, &concurrency, false);
+            for case in self.throughput_cases() {
+                let _ = write!(md, "| {case} |");
+                for &conc in &concurrency {
+                    let cpu = self.cpu_per_task(case, conc);
+                    let _ = write!(
+                        md,
+                        " {cpu:.1} | {} |",
+                        ratio(cpu, self.cpu_per_task("runc", conc))
+                    );
+                }
+                md.push('\n');
             }
             md.push('\n');
         }
@@ -278,6 +315,7 @@ impl Results {
                     "case": c.case, "concurrency": c.concurrency, "tasks": c.tasks,
                     "failures": c.failures, "seconds": c.secs,
                     "tasks_per_sec": c.tasks_per_sec(),
+                    "cpu_seconds": c.cpu_secs, "cpu_ms_per_task": c.cpu_ms_per_task(),
                     "over_runc": c.tasks_per_sec() / self.tput("runc", c.concurrency),
                     "bursts": c.bursts.iter().map(|(n, s)| json!({"tasks": n, "seconds": s})).collect::<Vec<_>>(),
                 })
@@ -316,7 +354,7 @@ impl Results {
         json!({
             "bench": "suite", "machine": machine,
             "config": {"iterations": self.iterations, "warmup": self.warmup, "tasks": self.tasks,
-                        "concurrency": CONCURRENCY, "http_clients": CLIENTS},
+                        "concurrency": self.concurrencies(), "http_clients": CLIENTS},
             "latency": latency, "throughput": throughput, "density": density, "http": http,
             "goals": self.goals(), "failures": self.failures,
             "containerd_log_errors_and_warnings": self.daemon_log,
@@ -411,4 +449,22 @@ impl Results {
         svg.push_str("</svg>\n");
         svg
     }
+}
+
+/// The header of a table with a value and its ratio to runc per
+/// concurrency (and a failures column).
+fn concurrency_header(md: &mut String, concurrency: &[usize], failures: bool) {
+    md.push_str("| case |");
+    for c in concurrency {
+        let _ = write!(md, " c={c} | x runc |");
+    }
+    if failures {
+        md.push_str(" failures |");
+    }
+    md.push_str("\n| --- |");
+    md.push_str(&" ---: | ---: |".repeat(concurrency.len()));
+    if failures {
+        md.push_str(" ---: |");
+    }
+    md.push('\n');
 }
