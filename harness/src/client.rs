@@ -107,6 +107,8 @@ pub struct RunOpts {
     pub mounts: Vec<oci_spec::runtime::Mount>,
     /// Join this network namespace instead of getting a new one.
     pub netns: Option<PathBuf>,
+    /// Join this PID namespace instead of getting a new one.
+    pub pidns: Option<PathBuf>,
     pub annotations: HashMap<String, String>,
     /// cgroup memory limit in bytes.
     pub memory_limit: Option<i64>,
@@ -122,6 +124,7 @@ impl RunOpts {
             env: vec![],
             mounts: vec![],
             netns: None,
+            pidns: None,
             annotations: HashMap::new(),
             memory_limit: None,
         }
@@ -528,13 +531,20 @@ impl Ctrd {
             .unwrap_or_default()
             .into_iter()
             .filter(|n| n.typ() != LinuxNamespaceType::Cgroup)
-            .map(|n| match (&opts.netns, n.typ()) {
-                (Some(path), LinuxNamespaceType::Network) => LinuxNamespaceBuilder::default()
-                    .typ(LinuxNamespaceType::Network)
-                    .path(path.clone())
-                    .build()
-                    .expect("namespace"),
-                _ => n,
+            .map(|n| {
+                let path = match n.typ() {
+                    LinuxNamespaceType::Network => opts.netns.as_ref(),
+                    LinuxNamespaceType::Pid => opts.pidns.as_ref(),
+                    _ => None,
+                };
+                match path {
+                    Some(path) => LinuxNamespaceBuilder::default()
+                        .typ(n.typ())
+                        .path(path.clone())
+                        .build()
+                        .expect("namespace"),
+                    None => n,
+                }
             })
             .collect::<Vec<_>>();
         let mut resources = default_linux.resources().clone().unwrap_or_default();

@@ -1,16 +1,22 @@
 //! What runs in the container's processes.
 //!
-//! The shim daemon ([`crate::instance`]) gives each container a process of
-//! its own, forked from runwasi's zygote (a copy of the shim taken at
-//! start-up, before any thread existed). In that process, on the host:
+//! The shim daemon ([`crate::instance`]) creates each container's process
+//! from a zygote (a copy of the shim taken at start-up, before any thread
+//! existed), on the host:
 //!
-//! 1. [`load`] maps the container's native code from the AOT cache (or, if
-//!    the cache is unusable, compiles the Wasm) into [`PREPARED`];
-//! 2. [`build`] creates the container's process ([`crate::isolation`]):
-//!    namespaces, cgroup, root filesystem, user, capabilities and seccomp.
-//!    It is a clone of the zygote process, so it holds a copy of
-//!    [`PREPARED`]: the code is already loaded, nothing of the host's
-//!    filesystem is needed inside.
+//! 1. [`load`] maps a module's native code from the AOT cache (or, if the
+//!    cache is unusable, compiles the Wasm) into [`TEMPLATE`], in a zygote
+//!    process of its own: for cached code, a *template* that the daemon
+//!    keeps for every later container of that module;
+//! 2. [`build`] clones the container's process from it
+//!    ([`crate::isolation`]): namespaces, cgroup, root filesystem, user,
+//!    capabilities and seccomp. The clone holds a copy of [`TEMPLATE`]:
+//!    the code is already loaded, nothing of the host's filesystem is
+//!    needed inside, and the template's pages are shared until written.
+//!
+//! A template holds only the module's code: a container's spec, stdio and
+//! plan come with its [`build`] request and leave the template with its
+//! clone, so nothing of one container reaches the next.
 //!
 //! At `Tasks.Start`, that process runs the workload ([`run_init`]) and
 //! exits with its code. Errors are reported once,
@@ -37,7 +43,7 @@ use crate::{exit, http, signals};
 /// under `/run/containerd/wasmhybrid`.
 pub const SHIM_NAME: &str = "wasmhybrid";
 
-/// What the daemon decided a container runs (sent to its zygote process).
+/// What the daemon decided a container runs (sent with its [`build`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Plan {
     Run(RunPlan),
@@ -48,9 +54,9 @@ pub enum Plan {
     },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// How a container runs the code its zygote process loaded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunPlan {
-    pub code: Code,
     /// The export a core module's command calls.
     pub func: String,
     /// argv[0] for the guest when the container has no args.
@@ -60,13 +66,13 @@ pub struct RunPlan {
     pub reason: String,
 }
 
-/// Where the native code comes from.
+/// Where the native code comes from (sent to [`load`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Code {
     /// An entry of the AOT cache, verified by the daemon.
     Cached { path: PathBuf, kind: Workload },
-    /// The Wasm itself, compiled in the container's process (the cache
-    /// could not be used; the daemon logged why).
+    /// The Wasm itself, compiled in a zygote process for this container (the
+    /// cache could not be used; the daemon logged why).
     Wasm {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
@@ -74,22 +80,15 @@ pub enum Code {
     },
 }
 
-/// A plan with its code loaded, ready for the init process.
-enum Prepared {
-    Run {
-        loaded: Loaded,
-        engine: WasmEngine,
-        plan: RunPlan,
-    },
-    Fail {
-        code: i32,
-        message: String,
-    },
+/// A module's loaded code, in a zygote process.
+struct Template {
+    loaded: Loaded,
+    engine: WasmEngine,
 }
 
-/// Set in the container's zygote process by [`load`]; the init process
-/// inherits it when [`build`] forks it.
-static PREPARED: Mutex<Option<Prepared>> = Mutex::new(None);
+/// Set in a zygote process by [`load`]; each container process [`build`]
+/// clones from it has a copy.
+static TEMPLATE: Mutex<Option<Template>> = Mutex::new(None);
 
 fn engine() -> Result<WasmEngine, EngineError> {
     static ENGINE: OnceLock<WasmEngine> = OnceLock::new();
@@ -101,7 +100,7 @@ fn engine() -> Result<WasmEngine, EngineError> {
 }
 
 /// Zygote task, once in the daemon's global zygote process: creates the
-/// Wasmtime engine there, so that every container's zygote process (a
+/// Wasmtime engine there, so that every template and zygote process (a
 /// fork of it) starts with it instead of building its own. Engine creation
 /// starts no thread, so the global zygote stays safe to fork.
 pub fn prewarm(_: ()) {
@@ -115,53 +114,46 @@ pub fn prewarm(_: ()) {
 pub enum LoadError {
     /// Wasmtime refused a cache entry (the daemon removes and rebuilds it).
     Rejected(String),
+    /// The Wasm does not compile: the container reports it.
+    Invalid(String),
 }
 
-/// Zygote task: loads the plan's code into [`PREPARED`].
-pub fn load(plan: Plan) -> Result<(), LoadError> {
-    let prepared = match plan {
-        Plan::Fail { code, message } => Prepared::Fail { code, message },
-        Plan::Run(plan) => {
-            let loaded = engine().and_then(|engine| {
-                let loaded = match &plan.code {
-                    Code::Cached { path, kind } => engine.load_precompiled(path, *kind),
-                    Code::Wasm { bytes, component } => engine.load(
-                        bytes,
-                        if *component {
-                            WasmForm::Component
-                        } else {
-                            WasmForm::CoreModule
-                        },
-                    ),
-                };
-                loaded.map(|l| (l, engine))
-            });
-            match (loaded, &plan.code) {
-                (Ok((loaded, engine)), _) => Prepared::Run {
-                    loaded,
-                    engine,
-                    plan,
+/// Zygote task: loads `code` into [`TEMPLATE`]. The zygote process logs
+/// nowhere: the daemon reports the outcome.
+pub fn load(code: Code) -> Result<(), LoadError> {
+    crate::logging::detach();
+    let engine = engine().map_err(|e| LoadError::Invalid(e.to_string()))?;
+    let loaded = match &code {
+        Code::Cached { path, kind } => engine
+            .load_precompiled(path, *kind)
+            .map_err(|e| LoadError::Rejected(e.to_string()))?,
+        Code::Wasm { bytes, component } => engine
+            .load(
+                bytes,
+                if *component {
+                    WasmForm::Component
+                } else {
+                    WasmForm::CoreModule
                 },
-                (Err(e), Code::Cached { .. }) => return Err(LoadError::Rejected(e.to_string())),
-                (Err(e), Code::Wasm { .. }) => Prepared::Fail {
-                    code: exit::NOT_RUNNABLE,
-                    message: e.to_string(),
-                },
-            }
-        }
+            )
+            .map_err(|e| LoadError::Invalid(e.to_string()))?,
     };
-    *PREPARED.lock().unwrap_or_else(|e| e.into_inner()) = Some(prepared);
+    *TEMPLATE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Template { loaded, engine });
     Ok(())
 }
 
 /// The container process's pid and its pipes, sent back to the daemon.
 pub type Built = (i32, WireFd<File>, WireFd<File>);
 
-/// Zygote task: clones the container's process (it waits for the daemon).
-pub fn build((id, cfg, cgroup): (String, InstanceConfig, ChildCgroup)) -> Result<Built, String> {
-    let result = build_container(&id, &cfg, &cgroup);
-    // The container's process has its own copy now.
-    PREPARED.lock().unwrap_or_else(|e| e.into_inner()).take();
+/// Zygote task: clones the container's process (it waits for the daemon)
+/// with `plan`. The zygote process keeps its [`TEMPLATE`] for the next
+/// container and nothing of this one (its stdio, namespaces and log sink
+/// are closed here once the clone has them).
+pub fn build(
+    (id, cfg, cgroup, plan): (String, InstanceConfig, ChildCgroup, Plan),
+) -> Result<Built, String> {
+    let result = build_container(&id, &cfg, &cgroup, plan);
+    crate::logging::detach();
     let cloned = result.map_err(|e| format!("{e:#}"))?;
     Ok((
         cloned.pid,
@@ -174,6 +166,7 @@ fn build_container(
     id: &str,
     cfg: &InstanceConfig,
     cgroup: &ChildCgroup,
+    plan: Plan,
 ) -> anyhow::Result<isolation::Cloned> {
     let spec = Spec::load(cfg.bundle.join("config.json"))?;
     let pod = spec
@@ -193,8 +186,8 @@ fn build_container(
         cgroup,
         stdio,
         move || {
-            let prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner()).take();
-            run_init(prepared, &run_spec)
+            let template = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner()).take();
+            run_init(plan, template, &run_spec)
         },
     )?)
 }
@@ -205,22 +198,18 @@ fn report(message: &str) {
     eprintln!("wasmhybrid: {message}");
 }
 
-fn run_init(prepared: Option<Prepared>, spec: &Spec) -> i32 {
+fn run_init(plan: Plan, template: Option<Template>, spec: &Spec) -> i32 {
     if let Err(e) = signals::exit_on_termination_signals() {
         log::warn!("cannot install signal handlers: {e}");
     }
-    let (loaded, engine, plan) = match prepared {
-        Some(Prepared::Run {
-            loaded,
-            engine,
-            plan,
-        }) => (loaded, engine, plan),
-        Some(Prepared::Fail { code, message }) => {
+    let (Template { loaded, engine }, plan) = match (plan, template) {
+        (Plan::Run(plan), Some(template)) => (template, plan),
+        (Plan::Fail { code, message }, _) => {
             report(&message);
             return code;
         }
-        None => {
-            report("internal error: the workload was not prepared");
+        (Plan::Run(_), None) => {
+            report("internal error: the workload's code was not loaded");
             return exit::NOT_RUNNABLE;
         }
     };

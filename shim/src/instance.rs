@@ -10,8 +10,10 @@
 //!    call back into containerd), reads a rootfs entrypoint confined to the
 //!    rootfs ([`crate::source`]), and finds the native code in the
 //!    [`crate::cache`], compiling it there on a miss;
-//! 2. the container's zygote process maps that code ([`executor::load`])
-//!    and creates the container ([`executor::build`]).
+//! 2. a zygote process maps that code ([`executor::load`]): for cached
+//!    code, the module's template process ([`crate::templates`]), made
+//!    once and kept for its later containers;
+//! 3. that zygote process creates the container ([`executor::build`]).
 //!
 //! This replaces `containerd-shim-wasm`'s own instance, whose only moment
 //! to touch the Wasm is inside the container after `pivot_root`, where no
@@ -19,6 +21,7 @@
 //! [`crate::isolation`], from runwasi's zygote.
 
 use std::os::fd::{AsFd, FromRawFd as _, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -37,7 +40,7 @@ use crate::dispatch::{self, DispatchError, WasmForm, WasmSource};
 use crate::engine::{EngineError, WasmEngine, Workload};
 use crate::executor::{self, Code, LoadError, Plan, RunPlan};
 use crate::isolation::{Container, IsolationError};
-use crate::{exit, image, isolation, runc, source};
+use crate::{exit, image, isolation, runc, source, templates};
 
 /// One Wasm container of the daemon.
 pub struct WasmInstance {
@@ -69,19 +72,19 @@ impl Instance for WasmInstance {
             handle: tokio::runtime::Handle::current(),
         };
         let t0 = std::time::Instant::now();
-        // The cgroup is made here while the zygote process starts and loads.
+        // The cgroup is made here while the plan is made (and, for a
+        // module without a template yet, its code is loaded).
         let cgroup = {
             let (id, spec, systemd) = (id.clone(), spec.clone(), cfg.config.systemd_cgroup);
             tokio::task::spawn_blocking(move || isolation::make_cgroup(&id, &spec, systemd))
         };
-        let zygote = take_zygote();
-        let loaded = load_code(&zygote, &ctx, &spec).await;
+        let zygote = zygote_for(&ctx, &spec).await;
         let cgroup = cgroup
             .await
             .map_err(|e| SandboxError::Others(format!("making the cgroup: {e}")))?
             .map_err(isolation_err);
-        let cgroup = match (loaded, cgroup) {
-            (Ok(()), Ok(c)) => c,
+        let ((zygote, plan), cgroup) = match (zygote, cgroup) {
+            (Ok(z), Ok(c)) => (z, c),
             (Err(e), Ok(c)) => {
                 let _ = c.remove();
                 return Err(e);
@@ -89,16 +92,25 @@ impl Instance for WasmInstance {
             (_, Err(e)) => return Err(e),
         };
         let built = zygote
+            .get()
             .try_run(
                 executor::build,
-                (id.clone(), cfg.clone(), cgroup.for_child()),
+                (id.clone(), cfg.clone(), cgroup.for_child(), plan),
             )
-            .map_err(zygote_err)
+            .map_err(|e| {
+                // The zygote process is gone: the next container gets a
+                // new template.
+                if let Builder::Template(key, _) = &zygote {
+                    templates::remove(key);
+                }
+                zygote_err(e)
+            })
             .and_then(|r| r.map_err(SandboxError::Others));
-        // The zygote process is done: the container's process is the
-        // daemon's child and its pipes are here. (Dropping it kills and
-        // reaps it: off the container's path.)
-        tokio::task::spawn_blocking(move || drop(zygote));
+        // A one-off zygote process is done (dropping it kills and reaps
+        // it: off the container's path); a template stays.
+        if let Builder::OneOff(z) = zygote {
+            tokio::task::spawn_blocking(move || drop(z));
+        }
         let (pid, control, report) = match built {
             Ok(b) => b,
             Err(e) => {
@@ -117,7 +129,6 @@ impl Instance for WasmInstance {
         .await
         .map_err(|e| SandboxError::Others(format!("container setup: {e}")))??;
         log::debug!("created in {:?}", t0.elapsed());
-        refill_spare_zygote();
         Ok(Self {
             id,
             exit_code: WaitableCell::new(),
@@ -193,76 +204,104 @@ impl WasmInstance {
     }
 }
 
-/// A container's zygote process forked ahead of time, so that creating a
-/// container does not wait for the fork.
-static SPARE_ZYGOTE: std::sync::Mutex<Option<Zygote>> = std::sync::Mutex::new(None);
-
-/// A fresh zygote process for a container: the spare one, else one
-/// forked now.
-fn take_zygote() -> Zygote {
-    let spare = SPARE_ZYGOTE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
-    spare.unwrap_or_else(|| Zygote::global().spawn())
+/// The zygote process a container is cloned from.
+enum Builder {
+    /// Its module's template ([`templates`]), kept for later containers.
+    Template(templates::Key, Arc<Zygote>),
+    /// One for this container only: code compiled without the cache.
+    OneOff(Zygote),
+    /// The global zygote, with no code: for a container that reports why
+    /// it cannot run.
+    Global,
 }
 
-/// Forks the next spare zygote process, in the background, once a
-/// container is made (not while it is made: on a small node the fork would
-/// compete with it for a CPU).
-fn refill_spare_zygote() {
-    tokio::task::spawn_blocking(|| {
-        if SPARE_ZYGOTE
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-        {
-            return;
+impl Builder {
+    fn get(&self) -> &Zygote {
+        match self {
+            Builder::Template(_, z) => z,
+            Builder::OneOff(z) => z,
+            Builder::Global => Zygote::global(),
         }
-        let next = Zygote::global().spawn();
-        let mut slot = SPARE_ZYGOTE.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            *slot = Some(next);
-        }
-    });
+    }
 }
 
-/// Has the container's zygote process load the code of the container's
-/// plan (an entry Wasmtime refuses is removed and compiled again, once).
-async fn load_code(zygote: &Zygote, ctx: &Ctx, spec: &Spec) -> Result<(), SandboxError> {
+/// A new zygote process with `code` loaded (forked from the global one).
+async fn loaded_zygote(code: Code) -> Result<(Zygote, Result<(), LoadError>), SandboxError> {
+    tokio::task::spawn_blocking(move || {
+        let zygote = Zygote::global().spawn();
+        let loaded = zygote.try_run(executor::load, code).map_err(zygote_err)?;
+        Ok((zygote, loaded))
+    })
+    .await
+    .map_err(|e| SandboxError::Others(format!("loading the code: {e}")))?
+}
+
+/// Decides what the container runs and which zygote process clones it:
+/// its module's template (made now if there is none), a one-off zygote for
+/// uncached code, or the global one for a container that only reports an
+/// error. A cache entry Wasmtime refuses is removed and compiled again,
+/// once.
+async fn zygote_for(ctx: &Ctx, spec: &Spec) -> Result<(Builder, Plan), SandboxError> {
     let mut attempt = 0;
     loop {
-        let ctx = ctx.clone();
-        let spec = spec.clone();
-        let prepared = tokio::task::spawn_blocking(move || prepare(&ctx, &spec))
-            .await
-            .map_err(|e| SandboxError::Others(format!("preparing the container: {e}")))?;
-        match zygote.try_run(executor::load, &prepared.plan) {
-            Ok(Ok(())) => break,
-            Ok(Err(LoadError::Rejected(msg))) if attempt == 0 => {
+        let prepared = {
+            let (ctx, spec) = (ctx.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || prepare(&ctx, &spec))
+                .await
+                .map_err(|e| SandboxError::Others(format!("preparing the container: {e}")))?
+        };
+        let Prepared { plan, code, entry } = prepared;
+        let Some(code) = code else {
+            return Ok((Builder::Global, plan));
+        };
+        let key = match &code {
+            Code::Cached { path, kind } => templates::Key::of(path, *kind),
+            Code::Wasm { .. } => None,
+        };
+        if let Some(key) = &key
+            && let Some(template) = templates::get(key)
+        {
+            return Ok((Builder::Template(key.clone(), template), plan));
+        }
+        let started = std::time::Instant::now();
+        match loaded_zygote(code).await? {
+            (zygote, Ok(())) => {
+                return Ok(match key {
+                    Some(key) => {
+                        let zygote = Arc::new(zygote);
+                        templates::insert(key.clone(), zygote.clone());
+                        log::info!(
+                            "template process for {} loaded in {:.1} ms ({} kept)",
+                            entry
+                                .as_ref()
+                                .map(|(_, d)| d.as_str())
+                                .unwrap_or("the module"),
+                            started.elapsed().as_secs_f64() * 1e3,
+                            templates::count()
+                        );
+                        (Builder::Template(key, zygote), plan)
+                    }
+                    None => (Builder::OneOff(zygote), plan),
+                });
+            }
+            (_, Err(LoadError::Rejected(msg))) if attempt == 0 => {
                 // Wasmtime's own header checks (version, target,
                 // settings) refused an entry that passed ours.
                 log::warn!("AOT cache: {msg}; removing the entry and compiling again");
-                if let Some((cache, digest)) = &prepared.entry {
+                if let Some((cache, digest)) = &entry {
                     cache.remove(digest);
                 }
                 attempt += 1;
             }
-            Ok(Err(LoadError::Rejected(msg))) => {
+            (_, Err(LoadError::Rejected(message) | LoadError::Invalid(message))) => {
                 let fail = Plan::Fail {
                     code: exit::NOT_RUNNABLE,
-                    message: msg,
+                    message,
                 };
-                zygote
-                    .try_run(executor::load, &fail)
-                    .map_err(zygote_err)?
-                    .map_err(|e| zygote_err(format!("{e:?}")))?;
-                break;
+                return Ok((Builder::Global, fail));
             }
-            Err(e) => return Err(zygote_err(e)),
         }
     }
-    Ok(())
 }
 
 /// What [`prepare`] needs of the container's surroundings.
@@ -274,15 +313,21 @@ struct Ctx {
     handle: tokio::runtime::Handle,
 }
 
-/// A plan, and the cache entry it loads (to remove if Wasmtime refuses it).
+/// A plan, the code its zygote process loads (none for a failing plan),
+/// and the cache entry of that code (to remove if Wasmtime refuses it).
 struct Prepared {
     plan: Plan,
+    code: Option<Code>,
     entry: Option<(Cache, WasmDigest)>,
 }
 
 impl From<Plan> for Prepared {
     fn from(plan: Plan) -> Self {
-        Self { plan, entry: None }
+        Self {
+            plan,
+            code: None,
+            entry: None,
+        }
     }
 }
 
@@ -468,12 +513,15 @@ fn prepare(ctx: &Ctx, spec: &Spec) -> Prepared {
         Ok(b)
     };
 
-    let run_plan = |code: Code, form: &str| RunPlan {
-        code,
-        func: func.clone(),
-        default_arg0: default_arg0.clone(),
-        http_addr: config.http_addr,
-        reason: format!("Wasm {form} from {source}, calling {func}"),
+    let run_plan = |code: Code, form: &str| Prepared {
+        plan: Plan::Run(RunPlan {
+            func: func.clone(),
+            default_arg0: default_arg0.clone(),
+            http_addr: config.http_addr,
+            reason: format!("Wasm {form} from {source}, calling {func}"),
+        }),
+        code: Some(code),
+        entry: None,
     };
 
     let Some(cache) = cache else {
@@ -485,14 +533,13 @@ fn prepare(ctx: &Ctx, spec: &Spec) -> Prepared {
             Ok(d) => d.form,
             Err(e) => return fail(exit::NOT_RUNNABLE, e),
         };
-        let plan = run_plan(
+        return run_plan(
             Code::Wasm {
                 bytes,
                 component: form == WasmForm::Component,
             },
             &form.to_string(),
         );
-        return Plan::Run(plan).into();
     };
 
     let compile = || -> Result<Compiled, CompileError> {
@@ -534,16 +581,15 @@ fn prepare(ctx: &Ctx, spec: &Spec) -> Prepared {
                     DispatchError::FuncOnComponent { func: func.clone() },
                 );
             }
-            let plan = run_plan(
-                Code::Cached {
-                    path: entry.code.clone(),
-                    kind,
-                },
-                kind.describe(),
-            );
             Prepared {
-                plan: Plan::Run(plan),
                 entry: Some((cache, digest)),
+                ..run_plan(
+                    Code::Cached {
+                        path: entry.code.clone(),
+                        kind,
+                    },
+                    kind.describe(),
+                )
             }
         }
         Err(CompileError::Cache(e)) => {
@@ -554,14 +600,13 @@ fn prepare(ctx: &Ctx, spec: &Spec) -> Prepared {
                         Ok(f) => f,
                         Err(e) => return fail(exit::NOT_RUNNABLE, e),
                     };
-                    Plan::Run(run_plan(
+                    run_plan(
                         Code::Wasm {
                             bytes: b,
                             component: form == WasmForm::Component,
                         },
                         &form.to_string(),
-                    ))
-                    .into()
+                    )
                 }
                 Err(e) => fail(exit::NOT_RUNNABLE, e),
             }

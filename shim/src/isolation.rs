@@ -1,5 +1,5 @@
-//! The process a Wasm container runs in, made with one `clone3` from the
-//! container's zygote process and given the isolation a Wasm workload
+//! The process a Wasm container runs in, made with one `clone3` from a
+//! zygote process (its module's template) and given the isolation a Wasm workload
 //! needs: the spec's namespaces, its cgroup, its user, capabilities,
 //! rlimits and seccomp profile, `no_new_privs`, and a root filesystem of
 //! its rootfs plus its bind and tmpfs mounts (`pivot_root`; nothing else of
@@ -12,14 +12,13 @@
 //! container runtime forks and re-executes several, is where
 //! [`clone_container`] saves most of youki's container creation time.
 //!
-//! Sequence (shim daemon `D`, the container's zygote process `Z`, the
-//! container process `C`):
-//! 1. `D` makes the container's cgroup with its limits ([`make_cgroup`])
-//!    while `Z` loads the code;
-//! 2. `Z` plans the namespaces (joining a pod's PID namespace itself, so
-//!    that `C` is born in it) and clones `C` as a sibling (`CLONE_PARENT`:
-//!    `D` reaps it) in its new namespaces ([`clone_container`]), hands `D`
-//!    the pipes to `C` and exits;
+//! Sequence (shim daemon `D`, the zygote process `Z` holding the module's
+//! code, the container process `C`):
+//! 1. `D` makes the container's cgroup with its limits ([`make_cgroup`]);
+//! 2. `Z` plans the namespaces (joining a pod's PID namespace for the clone,
+//!    so that `C` is born in it, then returning to its own) and clones `C`
+//!    as a sibling (`CLONE_PARENT`: `D` reaps it) in its new namespaces
+//!    ([`clone_container`]) and hands `D` the pipes to `C`;
 //! 3. `C` joins its direct cgroup itself (v1) or was born in it (v2); a
 //!    systemd-made one `D` puts it into, and `C` waits for that
 //!    ([`Container::finish`]);
@@ -227,14 +226,32 @@ pub fn clone_container(
     run: impl FnOnce() -> i32,
 ) -> Result<Cloned, IsolationError> {
     let ns = plan_namespaces(spec)?;
-    if let Some(fd) = &ns.pid {
-        setns(fd.as_fd(), CloneFlags::CLONE_NEWPID).map_err(sys("join the PID namespace"))?;
+    // A pod's PID namespace is joined here so that `C` is born in it; the
+    // zygote process goes back to its own afterwards (it makes the next
+    // container too).
+    let own_pid_ns = match &ns.pid {
+        Some(fd) => {
+            let own = File::open("/proc/self/ns/pid")
+                .map_err(|e| IsolationError::Setup(format!("open own PID namespace: {e}")))?;
+            setns(fd.as_fd(), CloneFlags::CLONE_NEWPID).map_err(sys("join the PID namespace"))?;
+            Some(own)
+        }
+        None => None,
+    };
+    let cloned = (|| {
+        let (control_r, control_w) = pipe()?;
+        let (report_r, report_w) = pipe()?;
+        let into = cgroup.clone_into()?;
+        let pid = clone3(ns.clone, into.as_ref())?;
+        Ok::<_, IsolationError>((pid, control_r, control_w, report_r, report_w))
+    })();
+    if let Some(own) = own_pid_ns
+        && !matches!(&cloned, Ok((0, ..)))
+    {
+        setns(own.as_fd(), CloneFlags::CLONE_NEWPID)
+            .map_err(sys("return to the zygote's PID namespace"))?;
     }
-    let (control_r, control_w) = pipe()?;
-    let (report_r, report_w) = pipe()?;
-    let into = cgroup.clone_into()?;
-    let pid = clone3(ns.clone, into.as_ref())?;
-    drop(into);
+    let (pid, control_r, control_w, report_r, report_w) = cloned?;
     if pid == 0 {
         drop((control_w, report_r));
         let target = Target {

@@ -18,7 +18,8 @@
 //! - [`instance`] is the daemon's side of a Wasm container: it decides what
 //!   to run, reads the entrypoint ([`source`]) and gets native code from
 //!   the AOT [`cache`] on the host, before the container exists;
-//! - [`executor`] runs in the container's processes: maps the code, creates
+//! - [`executor`] runs in the zygote and container processes: maps the
+//!   code (a template process per cached module, [`templates`]), creates
 //!   the container ([`isolation`], [`cgroup`]), runs the workload;
 //! - [`engine`] holds every Wasmtime call (compile, precompile, load, run,
 //!   serve);
@@ -65,6 +66,8 @@ pub mod rootfs;
 pub mod signals;
 #[cfg(feature = "daemon")]
 pub mod source;
+#[cfg(feature = "daemon")]
+pub mod templates;
 #[cfg(feature = "daemon")]
 pub mod tool;
 

@@ -5,8 +5,9 @@
 //! container is deleted. One daemon serves many containers
 //! ([`crate::daemon`]), so it keeps a FIFO per live container and writes
 //! each line to the newest one still read: a line is lost only when no
-//! container of the daemon is left. In a container's zygote and process,
-//! the only FIFO is that container's ([`for_container`]).
+//! container of the daemon is left. A container's process logs only to
+//! that container's FIFO ([`for_container`], set by its zygote process
+//! for the clone and dropped there after it, [`detach`]).
 //!
 //! Lines are containerd's logfmt (`time=… level=… msg=…`), as the
 //! `containerd-shim` crate writes them.
@@ -93,7 +94,16 @@ pub fn remove_container(id: &str) {
     state().sinks.retain(|s| s.id != id);
 }
 
-/// In a container's zygote process: log only to that container's FIFO,
+/// In a zygote process between containers: log nowhere (no container's
+/// FIFO stays open in it).
+pub fn detach() {
+    let mut state = state();
+    state.sinks.clear();
+    state.fields.clear();
+}
+
+/// In a zygote process, for the container it clones next: log only to that
+/// container's FIFO,
 /// every line tagged with its id (and pod).
 pub fn for_container(bundle: &Path, id: &str, pod: Option<&str>) {
     let fifo = open_fifo(bundle);

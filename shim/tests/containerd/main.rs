@@ -18,3 +18,4 @@ mod isolation;
 mod launcher;
 mod lifecycle;
 mod sharing;
+mod templates;
