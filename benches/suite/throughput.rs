@@ -57,7 +57,8 @@ impl Cell {
 }
 
 /// Busy CPU time of the machine so far (all CPUs, `/proc/stat`: user, nice,
-/// system, irq, softirq, steal), in seconds.
+/// system, irq, softirq; not steal, which is other guests' time), in
+/// seconds.
 fn busy_cpu_secs() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
@@ -69,7 +70,7 @@ fn busy_cpu_secs() -> f64 {
         .filter_map(|v| v.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal
-    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+    let busy: f64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum();
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

@@ -149,6 +149,15 @@ fn serve(flags: &Flags) -> Result<(), ServeError> {
         .set_domain_unix()
         .register_service(service);
     RUNTIME.block_on(server.start())?;
+    // Image lookups for the launcher's `start` (it looks them up itself if
+    // this is not there).
+    if let Err(e) = RUNTIME.block_on(crate::route::serve(
+        shared.group.dir(),
+        shared.containerd_address.clone(),
+        shared.namespace.clone(),
+    )) {
+        log::warn!("cannot serve image lookups for start: {e}");
+    }
     log::info!("shim daemon serving {}", shared.group.address());
     {
         let shared = shared.clone();
@@ -299,6 +308,7 @@ impl Shared {
             return false;
         }
         let _ = std::fs::remove_file(self.group.socket());
+        let _ = std::fs::remove_file(self.group.dir().join(crate::route::ROUTE_SOCKET));
         log::info!("no containers for {:?}: shim daemon exiting", self.linger);
         lock.hold_until_exit();
         true

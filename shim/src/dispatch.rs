@@ -28,7 +28,7 @@ const SANDBOX_CONTAINER_TYPE: &str = "sandbox";
 pub const WASM_ARCH: &str = "wasm";
 
 /// What containerd knows about a container's image.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageMeta {
     pub name: String,
     pub os: String,

@@ -23,7 +23,7 @@
 //! session, and `start` runs for every container.
 
 use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -177,7 +177,7 @@ impl Group {
 
     /// A group whose files live under `dir` (tests).
     #[cfg(test)]
-    fn at(dir: &Path, key: &str) -> Self {
+    pub(crate) fn at(dir: &Path, key: &str) -> Self {
         Self {
             key: key.into(),
             address: format!("unix://{}", dir.join("sock").display()),
@@ -206,7 +206,11 @@ impl Group {
 
     /// Takes the group's lock (blocking while another holder has it).
     pub fn lock(&self) -> std::io::Result<GroupLock> {
-        std::fs::create_dir_all(self.dir.join("pending"))?;
+        // Root only: nothing in a group's directory is for anybody else.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.dir.join("pending"))?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -289,8 +293,14 @@ impl Group {
         }
     }
 
+    /// Whether the group's daemon is up, from its record alone (without
+    /// the lock: a hint, e.g. for [`crate::route::ask`]).
+    pub fn daemon_running(&self) -> bool {
+        std::fs::read_to_string(self.dir.join(DAEMON_FILE)).is_ok() && self.daemon_alive()
+    }
+
     /// Records the daemon `pid` (under the lock).
-    fn record_daemon(&self, pid: i32) -> std::io::Result<()> {
+    pub(crate) fn record_daemon(&self, pid: i32) -> std::io::Result<()> {
         let started = start_time(pid).ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,

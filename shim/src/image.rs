@@ -255,50 +255,72 @@ pub async fn lookup_async(
     namespace: &str,
     id: &str,
 ) -> Result<Option<ImageMeta>, ImageError> {
-    let client = connect(address).await?;
-    let call = |call: &'static str| {
-        move |status| ImageError::Call {
-            call,
-            status: Box::new(status),
-        }
-    };
+    Resolver::connect(address)
+        .await?
+        .lookup(namespace, id)
+        .await
+}
 
-    let container = client
-        .containers()
-        .get(request(
-            GetContainerRequest { id: id.to_string() },
-            namespace,
-        )?)
-        .await
-        .map_err(call("Containers.Get"))?
-        .into_inner()
-        .container;
-    let Some(image_name) = container.map(|c| c.image).filter(|i| !i.is_empty()) else {
-        return Ok(None);
-    };
-    let image = client
-        .images()
-        .get(request(
-            GetImageRequest {
-                name: image_name.clone(),
-            },
-            namespace,
-        )?)
-        .await
-        .map_err(call("Images.Get"))?
-        .into_inner()
-        .image;
-    let Some(target) = image.and_then(|i| i.target) else {
-        return Ok(None);
-    };
-    if let Some(meta) = cache_get(&target.digest, &image_name) {
-        return Ok(Some(meta));
+/// A containerd connection kept for many lookups (the shim daemon's: a
+/// lookup on it costs containerd two calls, not a new gRPC connection).
+pub struct Resolver {
+    client: Client,
+}
+
+impl Resolver {
+    pub async fn connect(address: &str) -> Result<Self, ImageError> {
+        Ok(Self {
+            client: connect(address).await?,
+        })
     }
 
-    let (manifest, config) = resolve(&client, namespace, &image_name, &target).await?;
-    let meta = image_meta(image_name, &manifest, &config);
-    cache_put(&target.digest, &meta);
-    Ok(Some(meta))
+    /// Looks up container `id`'s image; `Ok(None)` if it has none.
+    pub async fn lookup(&self, namespace: &str, id: &str) -> Result<Option<ImageMeta>, ImageError> {
+        let client = &self.client;
+        let call = |call: &'static str| {
+            move |status| ImageError::Call {
+                call,
+                status: Box::new(status),
+            }
+        };
+
+        let container = client
+            .containers()
+            .get(request(
+                GetContainerRequest { id: id.to_string() },
+                namespace,
+            )?)
+            .await
+            .map_err(call("Containers.Get"))?
+            .into_inner()
+            .container;
+        let Some(image_name) = container.map(|c| c.image).filter(|i| !i.is_empty()) else {
+            return Ok(None);
+        };
+        let image = client
+            .images()
+            .get(request(
+                GetImageRequest {
+                    name: image_name.clone(),
+                },
+                namespace,
+            )?)
+            .await
+            .map_err(call("Images.Get"))?
+            .into_inner()
+            .image;
+        let Some(target) = image.and_then(|i| i.target) else {
+            return Ok(None);
+        };
+        if let Some(meta) = cache_get(&target.digest, &image_name) {
+            return Ok(Some(meta));
+        }
+
+        let (manifest, config) = resolve(client, namespace, &image_name, &target).await?;
+        let meta = image_meta(image_name, &manifest, &config);
+        cache_put(&target.digest, &meta);
+        Ok(Some(meta))
+    }
 }
 
 fn image_meta(name: String, manifest: &Manifest, config: &Config) -> ImageMeta {

@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use crate::dispatch::{self, Route, Runtime};
 use crate::group::{self, Group, SpawnOpts};
-use crate::{image, runc};
+use crate::{image, route, runc};
 
 /// The flags containerd passes a shim (its Go shims' `flag` set).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -127,11 +127,16 @@ fn load_spec(bundle: &Path) -> Result<BundleSpec, String> {
 pub fn start(flags: &Flags, args: &[OsString]) -> i32 {
     let bundle = std::env::current_dir().unwrap_or_default();
     match decide(flags, &bundle) {
-        Ok((route, annotations, meta)) => {
+        Ok((route, annotations, meta, from_daemon)) => {
+            let via = if from_daemon {
+                " (image facts from the group's shim daemon)"
+            } else {
+                ""
+            };
             log_to_containerd(
                 &bundle,
                 flags,
-                &format!("dispatch: {}: {}", route.runtime, route.reason),
+                &format!("dispatch: {}: {}{via}", route.runtime, route.reason),
             );
             if let Err(e) = runc::record(&bundle, &route, &flags.namespace, meta.as_ref()) {
                 eprintln!("wasmhybrid: {e}");
@@ -154,19 +159,33 @@ pub fn start(flags: &Flags, args: &[OsString]) -> i32 {
     }
 }
 
-type Decided = (Route, HashMap<String, String>, Option<dispatch::ImageMeta>);
+/// The route, the spec's annotations, the image facts, and whether the
+/// group's daemon gave them.
+type Decided = (
+    Route,
+    HashMap<String, String>,
+    Option<dispatch::ImageMeta>,
+    bool,
+);
 
 fn decide(flags: &Flags, bundle: &Path) -> Result<Decided, String> {
     let spec = load_spec(bundle).map_err(|e| format!("cannot read the bundle's spec: {e}"))?;
     let annotations = spec.annotations.unwrap_or_default();
-    let meta = if dispatch::is_pod_sandbox(&annotations) {
-        None
+    let (meta, from_daemon) = if dispatch::is_pod_sandbox(&annotations) {
+        (None, false)
     } else {
-        image::lookup(&flags.address, &flags.namespace, &flags.id)
-            .map_err(|e| format!("cannot read the image's metadata: {e}"))?
+        let routed = group_of(flags, &annotations).and_then(|g| route::ask(&g, &flags.id));
+        let from_daemon = routed.is_some();
+        let meta = match routed {
+            Some(answer) => answer,
+            None => image::lookup(&flags.address, &flags.namespace, &flags.id)
+                .map_err(|e| e.to_string()),
+        }
+        .map_err(|e| format!("cannot read the image's metadata: {e}"))?;
+        (meta, from_daemon)
     };
     let route = dispatch::route(&annotations, meta.as_ref()).map_err(|e| e.to_string())?;
-    Ok((route, annotations, meta))
+    Ok((route, annotations, meta, from_daemon))
 }
 
 /// The `delete` action: containerd runs it after every task's shim
@@ -214,6 +233,17 @@ pub fn delete(flags: &Flags, args: &[OsString]) -> i32 {
     } else {
         1
     }
+}
+
+/// The group a container would go to if it is Wasm (`None` with bad
+/// settings: [`start_wasm`] reports them).
+fn group_of(flags: &Flags, annotations: &HashMap<String, String>) -> Option<Group> {
+    let settings = group::Settings::from_env().ok()?;
+    let pod = annotations
+        .get(dispatch::SANDBOX_ID_ANNOTATION)
+        .map(String::as_str);
+    let (key, _) = settings.group_of(&flags.id, pod);
+    Some(Group::new(&flags.address, &flags.namespace, &key))
 }
 
 /// Hands a Wasm container to its group's daemon (a pod's, the namespace's,

@@ -6,7 +6,8 @@
 //! - `containerd-shim-wasmhybrid-v1`, the [`launcher`] containerd runs for
 //!   every container's `start` and `delete`: [`dispatch`] routes each
 //!   container to Wasmtime or to runc ([`runc`]), using the image metadata
-//!   read by [`image`]; a Wasm container goes to its group's daemon
+//!   read by [`image`] (asked of the group's running daemon when there is
+//!   one, [`route`]); a Wasm container goes to its group's daemon
 //!   ([`group`]). It is built from the modules above only (the crate
 //!   without its `daemon` feature), small and static;
 //! - `wasmhybrid` ([`cli`]), with the `daemon` feature: the shim
@@ -34,6 +35,7 @@ pub mod exit;
 pub mod group;
 pub mod image;
 pub mod launcher;
+pub mod route;
 pub mod runc;
 
 #[cfg(feature = "daemon")]

@@ -112,6 +112,16 @@ async fn containers_of_a_module_share_one_template_that_keeps_nothing_of_them() 
     );
     let loads = env.daemon.log().matches("template process for").count();
     assert_eq!(loads, 2, "one code load per module");
+    // Starts after the first asked the running daemon for the image facts.
+    let log = env.daemon.log();
+    let routed = log
+        .lines()
+        .filter(|l| l.contains("dispatch: wasm") && l.contains("from the group's shim daemon"))
+        .count();
+    assert!(
+        routed >= 6,
+        "{routed} of 7 starts routed through the daemon:\n{log}"
+    );
 
     // Killing tpl-a, the init of the PID namespace tpl-b joined, ends both.
     for c in [first, joined, own] {
