@@ -7,12 +7,17 @@ use std::time::Duration;
 
 use wasmhybrid_harness::fixtures::repo_root;
 
-/// A `usize` from environment variable `name`, or `default`.
+/// A `usize` from environment variable `name`, or `default` when it is not
+/// set. A value that is not a whole number ends the bench with an error
+/// naming the variable (a misspelt setting is never silently ignored).
 pub fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            eprintln!("{name}={v:?}: expected a whole number");
+            std::process::exit(2);
+        }),
+    }
 }
 
 /// `WASMHYBRID_BENCH_ITERATIONS`, or `default`.

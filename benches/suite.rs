@@ -113,10 +113,28 @@ fn machine_info(shim_dir: &Path, baseline: Option<&Path>) -> Value {
     })
 }
 
+/// The suite's sections, in the order they run.
+const SECTIONS: [&str; 4] = ["latency", "throughput", "density", "http"];
+
+/// Whether `section` runs: all do unless `WASMHYBRID_BENCH_SECTIONS` lists
+/// some (an unknown name there ends the bench with an error).
 fn enabled(section: &str) -> bool {
-    std::env::var("WASMHYBRID_BENCH_SECTIONS")
-        .map(|v| v.split(',').any(|s| s.trim() == section))
-        .unwrap_or(true)
+    let Ok(list) = std::env::var("WASMHYBRID_BENCH_SECTIONS") else {
+        return true;
+    };
+    let names: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let Some(bad) = names.iter().find(|n| !SECTIONS.contains(n)) {
+        eprintln!(
+            "WASMHYBRID_BENCH_SECTIONS: no section {bad:?} (sections: {})",
+            SECTIONS.join(", ")
+        );
+        std::process::exit(2);
+    }
+    names.contains(&section)
 }
 
 async fn measure(env: &Arc<Env>, daemon: &PrivateContainerd, res: &mut Results) -> Result<()> {

@@ -78,7 +78,16 @@ pub async fn measure(
         }
         // Let start-up work (and the first request's) settle.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        sample(env, daemon, kind, &running)
+        let sampled = sample(env, daemon, kind, &running);
+        let hold = crate::common::env_usize("WASMHYBRID_BENCH_DENSITY_HOLD", 0);
+        if hold > 0 {
+            eprintln!(
+                "density: {kind}: holding {n} idle containers for {hold} s (task pids {:?})",
+                running.iter().map(|r| r.pid).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_secs(hold as u64)).await;
+        }
+        sampled
     }
     .await;
     for r in running {

@@ -308,7 +308,9 @@ impl Shared {
             return false;
         }
         let _ = std::fs::remove_file(self.group.socket());
-        let _ = std::fs::remove_file(self.group.dir().join(crate::route::ROUTE_SOCKET));
+        // Nothing of the group is left on the node (a pod's group never
+        // comes back; any other is made again by the next start).
+        self.group.remove_dir(&lock);
         log::info!("no containers for {:?}: shim daemon exiting", self.linger);
         lock.hold_until_exit();
         true

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::ChildCgroup;
 use crate::dispatch::WasmForm;
-use crate::engine::{EngineError, GuestEnv, Loaded, Outcome, WasmEngine, Workload};
+use crate::engine::{EngineError, GuestEnv, Linked, Outcome, WasmEngine, Workload};
 use crate::isolation;
 use crate::{exit, http, signals};
 
@@ -80,9 +80,9 @@ pub enum Code {
     },
 }
 
-/// A module's loaded code, in a zygote process.
+/// A module's loaded and linked code, in a zygote process.
 struct Template {
-    loaded: Loaded,
+    linked: Linked,
     engine: WasmEngine,
 }
 
@@ -138,7 +138,12 @@ pub fn load(code: Code) -> Result<(), LoadError> {
             )
             .map_err(|e| LoadError::Invalid(e.to_string()))?,
     };
-    *TEMPLATE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Template { loaded, engine });
+    // Linked here, once: every container cloned from this process shares
+    // the linker's work instead of redoing (and holding) its own.
+    let linked = engine
+        .link(loaded)
+        .map_err(|e| LoadError::Invalid(e.to_string()))?;
+    *TEMPLATE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Template { linked, engine });
     Ok(())
 }
 
@@ -202,7 +207,7 @@ fn run_init(plan: Plan, template: Option<Template>, spec: &Spec) -> i32 {
     if let Err(e) = signals::exit_on_termination_signals() {
         log::warn!("cannot install signal handlers: {e}");
     }
-    let (Template { loaded, engine }, plan) = match (plan, template) {
+    let (Template { linked, engine }, plan) = match (plan, template) {
         (Plan::Run(plan), Some(template)) => (template, plan),
         (Plan::Fail { code, message }, _) => {
             report(&message);
@@ -230,7 +235,7 @@ fn run_init(plan: Plan, template: Option<Template>, spec: &Spec) -> i32 {
         }
     };
     let env = guest_env(spec, &plan);
-    match rt.block_on(run(&engine, &loaded, &plan, env)) {
+    match rt.block_on(run(&engine, &linked, &plan, env)) {
         Ok(code) => code,
         Err(e) => {
             report(&e.to_string());
@@ -249,21 +254,21 @@ enum RunError {
 
 async fn run(
     engine: &WasmEngine,
-    loaded: &Loaded,
+    linked: &Linked,
     plan: &RunPlan,
     env: GuestEnv,
 ) -> Result<i32, RunError> {
-    let outcome = match loaded {
-        Loaded::Module(module) => engine.run_module(module, &plan.func, &env).await?,
-        Loaded::Command(component) => engine.run_command(component, &env).await?,
-        Loaded::HttpProxy(component) => {
-            let backend = Arc::new(engine.proxy_backend(component, env)?);
+    let outcome = match linked {
+        Linked::Module { module, pre } => engine.run_module(module, pre, &plan.func, &env).await?,
+        Linked::Command(pre) => engine.run_command(pre, &env).await?,
+        Linked::HttpProxy(pre) => {
+            let backend = Arc::new(engine.proxy_backend(pre, env)?);
             let addr = plan.http_addr;
             let listener = http::bind(addr)
                 .await
                 .map_err(|source| EngineError::Bind { addr, source })?;
             log::info!("serving wasi:http on {addr}");
-            http::serve(listener, backend)
+            http::serve(listener, backend, release_free_memory)
                 .await
                 .map_err(RunError::Serve)?;
             Outcome::Exited(0)
@@ -271,14 +276,26 @@ async fn run(
     };
     match outcome {
         Outcome::Exited(code) => {
-            log::info!("{} exited with code {code}", loaded.kind());
+            log::info!("{} exited with code {code}", linked.kind());
             Ok(code)
         }
         Outcome::Trapped(msg) => {
-            log::error!("{} trapped: {msg}", loaded.kind());
+            log::error!("{} trapped: {msg}", linked.kind());
             eprintln!("wasmhybrid: Wasm trap: {msg}");
             Ok(exit::TRAP)
         }
+    }
+}
+
+/// Gives the heap's free memory back to the kernel. glibc keeps what a
+/// finished request freed (its store, instance and buffers) in the heap,
+/// dirty, and so charged to the container's cgroup while it idles: about
+/// 0.2 MiB of an idle HTTP container's 0.3 MiB in `benches/suite`.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists under
+    // its locks; it may be called at any time, from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

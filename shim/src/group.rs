@@ -204,22 +204,49 @@ impl Group {
         &self.dir
     }
 
-    /// Takes the group's lock (blocking while another holder has it).
+    /// Takes the group's lock (blocking while another holder has it). A
+    /// lock file that its holder unlinked meanwhile (a retiring daemon
+    /// removing the group's directory, [`Group::remove_dir`]) is not the
+    /// group's lock any more: the lock is taken again on a new one.
     pub fn lock(&self) -> std::io::Result<GroupLock> {
-        // Root only: nothing in a group's directory is for anybody else.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(self.dir.join("pending"))?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(self.dir.join("lock"))?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map(GroupLock)
-            .map_err(|(_, e)| std::io::Error::from(e))
+        use std::os::unix::fs::MetadataExt as _;
+        loop {
+            // Root only: nothing in a group's directory is for anybody else.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(self.dir.join("pending"))?;
+            let path = self.dir.join("lock");
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)?;
+            let locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| std::io::Error::from(e))?;
+            let held = locked.metadata()?;
+            let current = std::fs::metadata(&path).ok();
+            if held.nlink() > 0 && current.is_some_and(|c| c.ino() == held.ino()) {
+                return Ok(GroupLock(locked));
+            }
+        }
+    }
+
+    /// Removes the group's directory (its daemon is retiring, under the
+    /// lock `_held`): the next `start` makes it again. The lock file goes
+    /// last, so that a `start` waiting for it retries on a new one.
+    pub fn remove_dir(&self, _held: &GroupLock) {
+        let _ = std::fs::remove_dir_all(self.dir.join("pending"));
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                if entry.file_name() != "lock" {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.dir.join("lock"));
+        let _ = std::fs::remove_dir(&self.dir);
     }
 
     fn pending(&self, id: &str) -> PathBuf {
@@ -512,6 +539,32 @@ mod tests {
             assert!(group.mark_pending(bad).is_err(), "{bad:?}");
         }
         drop(lock);
+    }
+
+    #[test]
+    fn a_start_waiting_on_a_removed_groups_lock_takes_a_new_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let group = Group::at(dir.path(), "k");
+        let held = group.lock().expect("lock");
+        group.mark_pending("c1").expect("mark");
+        let waiter = {
+            let group = group.clone();
+            std::thread::spawn(move || {
+                let lock = group.lock().expect("lock after removal");
+                // Its lock is the group's current lock file.
+                use std::os::unix::fs::MetadataExt as _;
+                let held = lock.0.metadata().expect("held");
+                let now = std::fs::metadata(group.dir.join("lock")).expect("lock file");
+                assert_eq!(held.ino(), now.ino());
+                group.mark_pending("c2").expect("mark in the new directory");
+                assert!(group.has_pending());
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        group.remove_dir(&held);
+        assert!(!group.dir.exists(), "removed");
+        drop(held);
+        waiter.join().expect("waiter");
     }
 
     #[test]

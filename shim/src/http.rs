@@ -10,6 +10,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -39,11 +41,56 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `backend` on `listener` until the process ends.
-pub async fn serve<B: Backend>(listener: TcpListener, backend: Arc<B>) -> std::io::Result<()>
+/// How long the server has no open connection before it counts as idle.
+pub const IDLE_AFTER: Duration = Duration::from_millis(200);
+
+/// Open connections, and a count of the times the last one closed.
+#[derive(Default)]
+struct Activity {
+    open: AtomicUsize,
+    quiet_since: AtomicU64,
+}
+
+/// Holds a connection open in [`Activity`]; on the last one's close, calls
+/// `on_idle` once no connection has opened for [`IDLE_AFTER`].
+struct Open<F: Fn() + Send + Sync + 'static> {
+    activity: Arc<Activity>,
+    on_idle: Arc<F>,
+}
+
+impl<F: Fn() + Send + Sync + 'static> Drop for Open<F> {
+    fn drop(&mut self) {
+        if self.activity.open.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        let quiet = self.activity.quiet_since.fetch_add(1, Ordering::SeqCst) + 1;
+        let (activity, on_idle) = (self.activity.clone(), self.on_idle.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(IDLE_AFTER).await;
+            if activity.open.load(Ordering::SeqCst) == 0
+                && activity.quiet_since.load(Ordering::SeqCst) == quiet
+            {
+                on_idle();
+            }
+        });
+    }
+}
+
+/// Serves `backend` on `listener` until the process ends. `on_idle` runs
+/// before the first connection and whenever the server has had no open
+/// connection for [`IDLE_AFTER`] (off the request path: e.g. to give the
+/// memory of finished requests back).
+pub async fn serve<B: Backend>(
+    listener: TcpListener,
+    backend: Arc<B>,
+    on_idle: impl Fn() + Send + Sync + 'static,
+) -> std::io::Result<()>
 where
     <B::Body as Body>::Error: std::error::Error + Send + Sync + 'static,
 {
+    let activity = Arc::new(Activity::default());
+    let on_idle = Arc::new(on_idle);
+    on_idle();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -55,7 +102,13 @@ where
             }
         };
         let backend = backend.clone();
+        activity.open.fetch_add(1, Ordering::SeqCst);
+        let open = Open {
+            activity: activity.clone(),
+            on_idle: on_idle.clone(),
+        };
         tokio::spawn(async move {
+            let _open = open;
             let service = service_fn(move |req| dispatch(backend.clone(), req));
             if let Err(e) = http1::Builder::new()
                 .keep_alive(true)

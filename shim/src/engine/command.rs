@@ -1,13 +1,13 @@
 //! Runs a WASI command to completion: a preview 1 core module (calling
 //! `_start` or the requested export) or a `wasi:cli/run` component.
 
-use wasmtime::component::Component;
-use wasmtime::{Linker, Module, Store};
+use wasmtime::component;
+use wasmtime::{InstancePre, Module, Store};
 use wasmtime_wasi::I32Exit;
-use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::Command;
 
-use super::wasi::{Host, builder, component_linker};
+use super::wasi::{Host, builder};
 use super::{EngineError, GuestEnv, Outcome, WasmEngine};
 
 impl WasmEngine {
@@ -15,13 +15,11 @@ impl WasmEngine {
     pub async fn run_module(
         &self,
         module: &Module,
+        pre: &InstancePre<WasiP1Ctx>,
         func: &str,
         env: &GuestEnv,
     ) -> Result<Outcome, EngineError> {
         let engine = self.engine();
-        let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
-        p1::add_to_linker_async(&mut linker, |t| t).map_err(EngineError::Link)?;
-        let pre = linker.instantiate_pre(module).map_err(EngineError::Link)?;
 
         let has_func = module.get_export(func).is_some_and(|e| e.func().is_some());
         if !has_func {
@@ -53,13 +51,10 @@ impl WasmEngine {
     /// Runs a `wasi:cli/run` component.
     pub async fn run_command(
         &self,
-        component: &Component,
+        pre: &component::InstancePre<Host>,
         env: &GuestEnv,
     ) -> Result<Outcome, EngineError> {
         let engine = self.engine();
-        let pre = component_linker(engine)?
-            .instantiate_pre(component)
-            .map_err(EngineError::Link)?;
 
         let mut store = Store::new(engine, Host::new(env)?);
         let result = async {

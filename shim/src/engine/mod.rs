@@ -12,6 +12,8 @@ pub mod command;
 pub mod proxy;
 mod wasi;
 
+pub use wasi::Host;
+
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -64,6 +66,32 @@ pub enum EngineError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// A workload linked against the shim's host (WASI, and `wasi:http` for
+/// components), ready to instantiate: made once in a template process and
+/// shared, copy-on-write, by every container cloned from it.
+pub enum Linked {
+    /// A WASI preview 1 core module (its export is chosen per container).
+    Module {
+        module: Module,
+        pre: wasmtime::InstancePre<wasmtime_wasi::p1::WasiP1Ctx>,
+    },
+    /// A `wasi:cli/run` component.
+    Command(wasmtime::component::InstancePre<wasi::Host>),
+    /// A `wasi:http/proxy` component.
+    HttpProxy(wasmtime_wasi_http::p2::bindings::ProxyPre<wasi::Host>),
+}
+
+impl Linked {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Linked::Module { .. } => Workload::Module,
+            Linked::Command(_) => Workload::Command,
+            Linked::HttpProxy(_) => Workload::HttpProxy,
+        }
+        .describe()
+    }
 }
 
 /// A compiled workload, ready to instantiate.
@@ -242,6 +270,30 @@ impl WasmEngine {
         Ok((loaded.workload(), loaded.serialize()?))
     }
 
+    /// Links `loaded` against the shim's host functions (an import the host
+    /// does not provide is an error here, before any container runs it).
+    pub fn link(&self, loaded: Loaded) -> Result<Linked, EngineError> {
+        match loaded {
+            Loaded::Module(module) => {
+                let mut linker: wasmtime::Linker<wasmtime_wasi::p1::WasiP1Ctx> =
+                    wasmtime::Linker::new(&self.engine);
+                wasmtime_wasi::p1::add_to_linker_async(&mut linker, |t| t)
+                    .map_err(EngineError::Link)?;
+                let pre = linker.instantiate_pre(&module).map_err(EngineError::Link)?;
+                Ok(Linked::Module { module, pre })
+            }
+            Loaded::Command(component) => wasi::component_linker(&self.engine)?
+                .instantiate_pre(&component)
+                .map(Linked::Command)
+                .map_err(EngineError::Link),
+            Loaded::HttpProxy(component) => wasi::component_linker(&self.engine)?
+                .instantiate_pre(&component)
+                .and_then(wasmtime_wasi_http::p2::bindings::ProxyPre::new)
+                .map(Linked::HttpProxy)
+                .map_err(EngineError::Link),
+        }
+    }
+
     /// Maps native code that this shim compiled and stored in its AOT cache.
     ///
     /// This is the one place where the shim turns bytes from disk into
@@ -373,10 +425,16 @@ mod tests {
         (func (export "_start") (call $exit (i32.const 42)))
         (func (export "other")))"#;
 
-    fn module(engine: &WasmEngine, wat: &str) -> Module {
-        match engine.load(&wat::parse_str(wat).expect("wat"), WasmForm::CoreModule) {
-            Ok(Loaded::Module(m)) => m,
-            Ok(other) => panic!("loaded a {}", other.kind()),
+    type P1Pre = wasmtime::InstancePre<wasmtime_wasi::p1::WasiP1Ctx>;
+
+    /// A core module, loaded and linked as a template process holds it.
+    fn module(engine: &WasmEngine, wat: &str) -> (Module, P1Pre) {
+        let loaded = engine
+            .load(&wat::parse_str(wat).expect("wat"), WasmForm::CoreModule)
+            .unwrap_or_else(|e| panic!("{e}"));
+        match engine.link(loaded) {
+            Ok(Linked::Module { module, pre }) => (module, pre),
+            Ok(other) => panic!("linked a {}", other.kind()),
             Err(e) => panic!("{e}"),
         }
     }
@@ -386,12 +444,12 @@ mod tests {
         let engine = WasmEngine::new().expect("engine");
         let m = module(&engine, EXIT_42);
         let outcome = engine
-            .run_module(&m, "_start", &GuestEnv::default())
+            .run_module(&m.0, &m.1, "_start", &GuestEnv::default())
             .await
             .expect("run");
         assert_eq!(outcome, Outcome::Exited(42));
         let outcome = engine
-            .run_module(&m, "other", &GuestEnv::default())
+            .run_module(&m.0, &m.1, "other", &GuestEnv::default())
             .await
             .expect("run");
         assert_eq!(outcome, Outcome::Exited(0));
@@ -402,7 +460,7 @@ mod tests {
         let engine = WasmEngine::new().expect("engine");
         let m = module(&engine, r#"(module (func (export "_start") unreachable))"#);
         match engine
-            .run_module(&m, "_start", &GuestEnv::default())
+            .run_module(&m.0, &m.1, "_start", &GuestEnv::default())
             .await
             .expect("run")
         {
@@ -416,7 +474,7 @@ mod tests {
         let engine = WasmEngine::new().expect("engine");
         let m = module(&engine, EXIT_42);
         let err = engine
-            .run_module(&m, "nosuch", &GuestEnv::default())
+            .run_module(&m.0, &m.1, "nosuch", &GuestEnv::default())
             .await
             .unwrap_err();
         let msg = err.to_string();

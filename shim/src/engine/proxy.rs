@@ -6,13 +6,12 @@ use std::future::Future;
 
 use hyper::body::Incoming;
 use wasmtime::Store;
-use wasmtime::component::Component;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::wasi::{Host, component_linker};
+use super::wasi::Host;
 use super::{EngineError, GuestEnv, WasmEngine};
 use crate::http::Backend;
 
@@ -23,19 +22,18 @@ pub struct ProxyBackend {
 }
 
 impl WasmEngine {
-    /// Links a `wasi:http/proxy` component once, for many requests.
+    /// A linked `wasi:http/proxy` component, for many requests.
     pub fn proxy_backend(
         &self,
-        component: &Component,
+        pre: &ProxyPre<Host>,
         env: GuestEnv,
     ) -> Result<ProxyBackend, EngineError> {
-        let pre = component_linker(self.engine())?
-            .instantiate_pre(component)
-            .and_then(ProxyPre::new)
-            .map_err(EngineError::Link)?;
         // Fail now, not on the first request, if a preopen cannot be opened.
         Host::new(&env)?;
-        Ok(ProxyBackend { pre, env })
+        Ok(ProxyBackend {
+            pre: pre.clone(),
+            env,
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::{EngineError, GuestEnv};
 
 /// Store data for components: WASI, wasi:http and their resource table.
-pub(crate) struct Host {
+pub struct Host {
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
     pub table: ResourceTable,

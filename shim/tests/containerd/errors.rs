@@ -76,6 +76,12 @@ async fn bad_inputs_fail_clearly_and_the_next_container_runs() {
         "app.wasm",
         bytes(Fixture::NoStartWat),
     ));
+    env.import(&ImageSpec::rootfs(
+        "localhost/wh/bad:import",
+        "app.wasm",
+        wat::parse_str(r#"(module (import "env" "nope" (func)) (func (export "_start")))"#)
+            .expect("wat"),
+    ));
     let mut empty = ImageSpec::rootfs("localhost/wh/bad:empty", "x", vec![]);
     empty.layers = vec![Layer::Files(vec![])];
     empty.entrypoint = vec![];
@@ -121,6 +127,14 @@ async fn bad_inputs_fail_clearly_and_the_next_container_runs() {
             &[],
             Some(126),
             "no export `_start`",
+        ),
+        (
+            "unknown-import",
+            "localhost/wh/bad:import",
+            None,
+            &[],
+            Some(126),
+            "env::nope",
         ),
         (
             "bad-export",
@@ -193,5 +207,14 @@ async fn bad_inputs_fail_clearly_and_the_next_container_runs() {
             "after {id}"
         );
     }
+    // A module the host cannot link is not a bad cache entry: its entry is
+    // kept, not removed and compiled again.
+    assert!(
+        !env.daemon
+            .log()
+            .contains("removing the entry and compiling again"),
+        "{}",
+        env.daemon.log()
+    );
     env.assert_no_panic_logged();
 }

@@ -6,7 +6,15 @@
 
 use std::time::Duration;
 
+use wasmhybrid_shim::group::{Group, NAMESPACE_GROUP};
+
 use crate::common::{P1_ROOTFS, P2_ROOTFS, TestEnv};
+
+/// The directory of group `key` of this test's containerd and namespace.
+fn group_dir(env: &TestEnv, key: &str) -> std::path::PathBuf {
+    let address = env.daemon.address().to_string_lossy().into_owned();
+    Group::new(&address, &env.ns, key).dir().to_path_buf()
+}
 
 /// With no linger, a daemon leaves as soon as its last container is
 /// deleted, while new containers keep arriving: every start must find a
@@ -53,6 +61,10 @@ async fn daemons_leaving_and_starting_under_concurrent_containers_lose_none() {
     assert!(!pids.is_empty());
     let left = env.shims_gone_within(Duration::from_secs(5)).await;
     assert!(left.is_empty(), "shims left: {left:?}");
+    // Each retiring daemon removed its group's directory, and every start
+    // that waited on the removed lock took a new one.
+    let dir = group_dir(&env, NAMESPACE_GROUP);
+    assert!(!dir.exists(), "{} is left", dir.display());
     for wave in 0..6 {
         for i in 0..5 {
             let id = format!("race-{wave}-{i}");
@@ -94,6 +106,10 @@ async fn sharing_container_gives_each_container_its_own_daemon() {
     let left = env.shims_gone_within(Duration::from_secs(5)).await;
     assert!(left.is_empty(), "shims left: {left:?}");
     assert!(env.leftovers("alone-a").is_empty() && env.leftovers("alone-b").is_empty());
+    for id in ["alone-a", "alone-b"] {
+        let dir = group_dir(&env, id);
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
