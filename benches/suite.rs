@@ -49,19 +49,23 @@ use wasmhybrid_harness::fixtures::repo_root;
 /// dropped before it.
 struct Sweep {
     address: PathBuf,
-    ns: String,
+    namespaces: Vec<String>,
 }
 
 impl Sweep {
-    fn containers(&self) -> Vec<String> {
-        ctr(&self.address, &self.ns, &["containers", "ls", "-q"])
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// `(namespace, id)` of every container left.
+    fn containers(&self) -> Vec<(String, String)> {
+        let mut all = vec![];
+        for ns in &self.namespaces {
+            if let Ok(o) = ctr(&self.address, ns, &["containers", "ls", "-q"]) {
+                all.extend(
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(|id| (ns.clone(), id.to_string())),
+                );
+            }
+        }
+        all
     }
 }
 
@@ -71,11 +75,13 @@ impl Drop for Sweep {
         if !left.is_empty() {
             eprintln!("removing {} leftover containers", left.len());
         }
-        for id in &left {
-            let _ = ctr(&self.address, &self.ns, &["tasks", "rm", "-f", id]);
-            let _ = ctr(&self.address, &self.ns, &["containers", "rm", id]);
+        for (ns, id) in &left {
+            let _ = ctr(&self.address, ns, &["tasks", "rm", "-f", id]);
+            let _ = ctr(&self.address, ns, &["containers", "rm", id]);
         }
-        remove_namespace_cgroups(&self.ns);
+        for ns in &self.namespaces {
+            remove_namespace_cgroups(ns);
+        }
     }
 }
 
@@ -173,7 +179,11 @@ async fn leftovers(daemon: &PrivateContainerd, sweep: &Sweep) -> Vec<String> {
     // A namespace's shim daemon stays up 10 s (WASMHYBRID_SHIM_LINGER's
     // default) after its last container.
     for _ in 0..150 {
-        left = sweep.containers();
+        left = sweep
+            .containers()
+            .into_iter()
+            .map(|(ns, id)| format!("container {ns}/{id}"))
+            .collect();
         left.extend(
             daemon
                 .shim_pids()
@@ -218,11 +228,26 @@ async fn main() -> Result<()> {
         ..Default::default()
     })?;
     let ns = daemon.namespace("bench-suite");
+    // The baseline shim's containers get a namespace of their own: shims in
+    // one namespace share a group's daemon, whichever binary spawned it.
+    let baseline_ns = baseline
+        .as_ref()
+        .map(|_| daemon.namespace("bench-baseline"));
     let sweep = Sweep {
         address: daemon.address(),
-        ns: ns.clone(),
+        namespaces: [Some(ns.clone()), baseline_ns.clone()]
+            .into_iter()
+            .flatten()
+            .collect(),
     };
-    let env = Arc::new(Env::prepare(&daemon, &ns, baseline.as_deref()).await?);
+    let env = Arc::new(
+        Env::prepare(
+            &daemon,
+            &ns,
+            baseline.as_deref().zip(baseline_ns.as_deref()),
+        )
+        .await?,
+    );
     let mut res = Results {
         warmup: env_usize("WASMHYBRID_BENCH_WARMUP", 3),
         iterations: common::iterations(60),

@@ -98,6 +98,9 @@ impl Failures {
 /// What every section needs: the client, the state paths and the cases.
 pub struct Env {
     pub ctrd: Ctrd,
+    /// The baseline shim's cases run in a containerd namespace of their
+    /// own, so that the two shims never share a group's daemon.
+    pub baseline_ctrd: Option<Ctrd>,
     pub ns: String,
     /// containerd's `--state` (bundles hold `shim.pid`).
     pub state: PathBuf,
@@ -143,11 +146,12 @@ fn with_custom_section(mut wasm: Vec<u8>, name: &str) -> Vec<u8> {
 
 impl Env {
     /// Imports the images into `ns` and lists the cases (the baseline
-    /// shim's, named by absolute path, when `baseline` is given).
+    /// shim's, named by absolute path, when `baseline` is given: its cases
+    /// and their images in namespace `baseline_ns`).
     pub async fn prepare(
         daemon: &PrivateContainerd,
         ns: &str,
-        baseline: Option<&Path>,
+        baseline: Option<(&Path, &str)>,
     ) -> Result<Self> {
         let wasm = Fixture::CmdP1.bytes()?;
         let cold = with_custom_section(wasm.clone(), "wasmhybrid-bench-cold");
@@ -192,7 +196,13 @@ impl Env {
                 ..Case::new("wasm-cold", WASMHYBRID_RUNTIME, WASM_COLD, WASM_STDOUT)
             },
         ];
-        if let Some(dir) = baseline {
+        let mut baseline_ctrd = None;
+        if let Some((dir, baseline_ns)) = baseline {
+            for spec in &images[..2] {
+                import_image(daemon, baseline_ns, spec)
+                    .with_context(|| format!("import {} for the baseline", spec.name))?;
+            }
+            baseline_ctrd = Some(Ctrd::connect(&daemon.address(), baseline_ns).await?);
             let bin = dir.join("containerd-shim-wasmhybrid-v1");
             anyhow::ensure!(bin.is_file(), "no baseline shim at {}", bin.display());
             let bin = bin.canonicalize()?.display().to_string();
@@ -209,6 +219,7 @@ impl Env {
         select_cases(&mut cases)?;
         Ok(Self {
             ctrd: Ctrd::connect(&daemon.address(), ns).await?,
+            baseline_ctrd,
             ns: ns.to_string(),
             state: daemon.state(),
             aot: daemon.aot_cache_dir(),
@@ -234,7 +245,11 @@ impl Env {
         }
         let mut opts = RunOpts::new(id, case.image, &case.runtime);
         opts.args = case.args.clone();
-        let done = self.ctrd.run(&opts).await?;
+        let ctrd = match (&self.baseline_ctrd, case.baseline) {
+            (Some(baseline), true) => baseline,
+            _ => &self.ctrd,
+        };
+        let done = ctrd.run(&opts).await?;
         if done.exit_code != 0 || done.stdout.trim() != case.expect {
             bail!(
                 "{id}: exit {}, stdout {:?} (expected 0, {:?}), stderr {:?}",
