@@ -218,13 +218,69 @@ async fn interrupted() -> anyhow::Error {
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
+/// Where containerd's state and the shims' runtime files are on a node:
+/// `/run/containerd`, a tmpfs. Unless `WASMHYBRID_BENCH_NODE_RUN=0`, the
+/// suite runs in a mount namespace of its own with a tmpfs there (and on
+/// the AOT check memo's directory) and containerd's `--state` in it, for
+/// runc and wasmhybrid alike; containerd's root (content, snapshots) stays
+/// on disk. (A VM whose `/run` is on its disk otherwise has every
+/// container's bundle, shim and runc state files created and removed on
+/// ext4, whose inode allocation slows down as a run deletes files.) Must
+/// run before any thread exists: a mount namespace is per thread.
+fn node_like_run() -> Result<Option<PathBuf>> {
+    use nix::mount::{MsFlags, mount};
+    match std::env::var("WASMHYBRID_BENCH_NODE_RUN").as_deref() {
+        Err(_) | Ok("1") => {}
+        Ok("0") => return Ok(None),
+        Ok(other) => anyhow::bail!("WASMHYBRID_BENCH_NODE_RUN={other:?}: expected 0 or 1"),
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| anyhow!("a mount namespace for the suite (needs root): {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    for dir in ["/run/containerd", "/run/wasmhybrid-aot-memo"] {
+        std::fs::create_dir_all(dir)?;
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0711"),
+        )
+        .map_err(|e| anyhow!("tmpfs on {dir}: {e}"))?;
+    }
+    let state = PathBuf::from("/run/containerd/bench-state");
+    std::fs::create_dir_all(&state)?;
+    Ok(Some(state))
+}
+
+fn main() -> Result<()> {
+    let state_dir = node_like_run()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(state_dir))
+}
+
+async fn run(state_dir: Option<PathBuf>) -> Result<()> {
     let shim_dir = release_shim_dir()?;
     let baseline = std::env::var_os("WASMHYBRID_BENCH_BASELINE").map(PathBuf::from);
-    let machine = machine_info(&shim_dir, baseline.as_deref());
+    let mut machine = machine_info(&shim_dir, baseline.as_deref());
+    machine["node_like_run"] = json!(state_dir.is_some());
+    if state_dir.is_some() {
+        eprintln!(
+            "node-like run: tmpfs on /run/containerd (containerd's state) in a mount namespace of the suite's own"
+        );
+    }
     let mut daemon = PrivateContainerd::start(DaemonOptions {
         shim_dir,
+        state_dir,
         ..Default::default()
     })?;
     let ns = daemon.namespace("bench-suite");

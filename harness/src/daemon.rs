@@ -31,6 +31,9 @@ pub struct DaemonOptions {
     /// Extra environment of containerd, which its shims inherit (e.g. the
     /// shim's `WASMHYBRID_SHIM_*` settings).
     pub env: Vec<(String, String)>,
+    /// containerd's `--state` here instead of in the temp dir (e.g. on a
+    /// tmpfs, as `/run/containerd` is on a node).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A running private containerd.
@@ -249,7 +252,10 @@ impl PrivateContainerd {
         self.dir.path().join("root")
     }
     pub fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.opts
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("state"))
     }
     pub fn address(&self) -> PathBuf {
         self.dir.path().join("containerd.sock")
