@@ -22,26 +22,32 @@ use crate::engine::Workload;
 /// Templates kept per daemon.
 pub const MAX_TEMPLATES: usize = 8;
 
-/// Which template a container of a cached module is cloned from.
+/// Which template a container of a cached module is cloned from: the
+/// entry's path, and the file's identity there.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Key(String);
+pub struct Key {
+    path: std::path::PathBuf,
+    identity: String,
+}
 
 impl Key {
     /// The key of cache entry `path` holding code of `kind`, as the file is
     /// now (`None` if it cannot be read).
     pub fn of(path: &Path, kind: Workload) -> Option<Self> {
         let m = std::fs::metadata(path).ok()?;
-        Some(Self(format!(
-            "{}|{kind:?}|{}:{}:{}:{}.{}:{}.{}",
-            path.display(),
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec()
-        )))
+        Some(Self {
+            path: path.to_path_buf(),
+            identity: format!(
+                "{kind:?}|{}:{}:{}:{}.{}:{}.{}",
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            ),
+        })
     }
 }
 
@@ -66,7 +72,8 @@ pub fn get(key: &Key) -> Option<Arc<Zygote>> {
 }
 
 /// Keeps `zygote` as the template for `key` (unless a concurrent start
-/// kept one first), dropping the least recently used beyond
+/// kept one first), dropping the template of an earlier file at the same
+/// path (the entry was rebuilt) and the least recently used beyond
 /// [`MAX_TEMPLATES`]. A dropped template's process ends once no build
 /// holds it.
 pub fn insert(key: Key, zygote: Arc<Zygote>) {
@@ -75,12 +82,15 @@ pub fn insert(key: Key, zygote: Arc<Zygote>) {
         if slots.iter().any(|s| s.key == key) {
             return;
         }
+        let (mut evicted, kept): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut *slots)
+            .into_iter()
+            .partition(|s| s.key.path == key.path);
+        *slots = kept;
         slots.push(Slot {
             key,
             zygote,
             used: Instant::now(),
         });
-        let mut evicted = vec![];
         while slots.len() > MAX_TEMPLATES {
             let oldest = slots
                 .iter()

@@ -5,7 +5,10 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use crate::common::{P1_ROOTFS, P2_ROOTFS, TestEnv};
+use sha2::{Digest as _, Sha256};
+use wasmhybrid_harness::fixtures::Fixture;
+
+use crate::common::{P1_ROOTFS, P2_ROOTFS, TestEnv, bytes};
 
 fn ppid(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -121,6 +124,34 @@ async fn containers_of_a_module_share_one_template_that_keeps_nothing_of_them() 
     assert!(
         routed >= 6,
         "{routed} of 7 starts routed through the daemon:\n{log}"
+    );
+
+    // The module's cache entry rebuilt (removed here, compiled again by
+    // the next start): its template is replaced, not kept beside the new one.
+    let hex = format!("{:x}", Sha256::digest(bytes(Fixture::CmdP1)));
+    let mut removed = 0;
+    for target in std::fs::read_dir(env.daemon.aot_cache_dir())
+        .expect("aot dir")
+        .flatten()
+    {
+        for key in std::fs::read_dir(target.path()).expect("key dir").flatten() {
+            for ext in ["cwasm", "json"] {
+                let entry = key.path().join(format!("{hex}.{ext}"));
+                removed += usize::from(std::fs::remove_file(entry).is_ok());
+            }
+        }
+    }
+    assert_eq!(removed, 2, "the p1 module's entry and record");
+    let again = env
+        .ctrd
+        .run(&env.opts("tpl-rebuilt", P1_ROOTFS, &["/wh-cmd.wasm", "hello"]))
+        .await
+        .expect("run after the rebuild");
+    assert_eq!(again.exit_code, 0, "{again:?}");
+    assert_eq!(
+        zygotes(&env, &containers).len(),
+        3,
+        "the rebuilt entry's template replaced the old one"
     );
 
     // Killing tpl-a, the init of the PID namespace tpl-b joined, ends both.
