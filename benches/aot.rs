@@ -20,9 +20,10 @@ mod common;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use common::{iterations, median, ms, percentile, release_shim_dir, remove_aot_entry};
+use common::{iterations, median, ms, percentile, release_shim_dir};
 use sha2::{Digest, Sha256};
 use wasmhybrid_harness::client::{Ctrd, Phases, RunOpts, WASMHYBRID_RUNTIME};
+use wasmhybrid_harness::daemon::remove_aot_entry;
 use wasmhybrid_harness::daemon::{DaemonOptions, PrivateContainerd};
 use wasmhybrid_harness::fixtures::{Fixture, import_image, repo_root};
 use wasmhybrid_harness::image::ImageSpec;
@@ -60,7 +61,9 @@ fn set_owner(aot: &Path, uid: u32) -> Result<()> {
 
 async fn once(ctrd: &Ctrd, aot: &Path, m: &Module, cond: Cond, n: usize) -> Result<Phases> {
     match cond {
-        Cond::Cold => remove_aot_entry(aot, &m.hex)?,
+        Cond::Cold => {
+            remove_aot_entry(aot, &m.hex)?;
+        }
         Cond::Warm => {}
         Cond::Uncached => set_owner(aot, 65534)?,
     }

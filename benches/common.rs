@@ -2,7 +2,7 @@
 //! and uses part of it).
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use wasmhybrid_harness::fixtures::repo_root;
@@ -66,22 +66,6 @@ pub fn release_shim_dir() -> anyhow::Result<PathBuf> {
         .map(|t| repo_root().join(t))
         .unwrap_or_else(|| repo_root().join("target"));
     wasmhybrid_harness::fixtures::shim_dir_for(&target.join("release"))
-}
-
-/// Removes the AOT cache entry (code and record) of the module whose
-/// SHA-256 is `hex`, for every target and engine key under `aot`.
-pub fn remove_aot_entry(aot: &Path, hex: &str) -> anyhow::Result<()> {
-    let Ok(targets) = std::fs::read_dir(aot) else {
-        return Ok(());
-    };
-    for t in targets.flatten() {
-        for k in std::fs::read_dir(t.path())?.flatten() {
-            for ext in ["cwasm", "json"] {
-                let _ = std::fs::remove_file(k.path().join(format!("{hex}.{ext}")));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Where the benchmarks write their results: `target/bench`.

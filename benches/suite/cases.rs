@@ -7,11 +7,9 @@ use std::sync::Mutex;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use wasmhybrid_harness::client::{Ctrd, Phases, RUNC_RUNTIME, RunOpts, WASMHYBRID_RUNTIME};
-use wasmhybrid_harness::daemon::PrivateContainerd;
+use wasmhybrid_harness::daemon::{PrivateContainerd, remove_aot_entry};
 use wasmhybrid_harness::fixtures::{Fixture, import_image};
 use wasmhybrid_harness::image::{ImageSpec, Layer, WASM_COMPONENT_LAYER, WASM_CONTENT_LAYER};
-
-use crate::common::remove_aot_entry;
 
 pub const WASM_ARTIFACT: &str = "localhost/bench/hello:artifact";
 pub const WASM_ROOTFS: &str = "localhost/bench/hello:rootfs";

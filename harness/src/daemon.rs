@@ -8,6 +8,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+/// Removes the AOT cache entry (code and record) of the module whose
+/// SHA-256 is `hex`, for every target and engine key under the cache `aot`;
+/// returns how many files it removed.
+pub fn remove_aot_entry(aot: &Path, hex: &str) -> Result<usize> {
+    let Ok(targets) = std::fs::read_dir(aot) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for t in targets.flatten() {
+        for k in std::fs::read_dir(t.path())?.flatten() {
+            for ext in ["cwasm", "json"] {
+                let file = k.path().join(format!("{hex}.{ext}"));
+                removed += usize::from(std::fs::remove_file(file).is_ok());
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Options for [`PrivateContainerd::start`].
 #[derive(Debug, Clone, Default)]
 pub struct DaemonOptions {

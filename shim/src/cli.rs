@@ -52,7 +52,7 @@ pub fn main() {
             std::process::exit(launcher::delete(&f, &args[1..]))
         }
         Ok(f) if f.action.is_empty() || f.action == "daemon" || f.version || f.info => {
-            daemon::run()
+            daemon::run(&f, &args[0])
         }
         Ok(f) => {
             eprintln!("wasmhybrid: unknown shim action {:?}", f.action);

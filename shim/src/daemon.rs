@@ -28,7 +28,7 @@ use containerd_shim::protos::ttrpc;
 use containerd_shim::protos::ttrpc::asynchronous::TtrpcContext;
 use containerd_shim::protos::types::task::Status;
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{DeleteResponse, Flags, TtrpcResult};
+use containerd_shim::{DeleteResponse, TtrpcResult};
 use containerd_shim_protos::shim::shim_ttrpc_async;
 use containerd_shimkit::sandbox::{Config as RuntimeConfig, Error, Instance, InstanceConfig};
 use oci_spec::runtime::Spec;
@@ -36,6 +36,7 @@ use oci_spec::runtime::Spec;
 use crate::executor::SHIM_NAME;
 use crate::group::{ENV_DAEMON_LINGER_MS, Group, SOCKET_FD};
 use crate::instance::WasmInstance;
+use crate::launcher::Flags;
 use crate::logging;
 
 // ---------------------------------------------------------------------------
@@ -49,12 +50,11 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .expect("the daemon's tokio runtime")
 });
 
-/// Entry point of the shim daemon (and of containerd's `-v` and `-info`).
-pub fn run() {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let flags = containerd_shim::parse(&args[1..]).unwrap_or_default();
+/// Entry point of the shim daemon (and of containerd's `-v` and `-info`),
+/// with the command line's flags and argv\[0\].
+pub fn run(flags: &Flags, argv0: &std::ffi::OsStr) {
     if flags.version {
-        let argv0 = std::path::Path::new(&args[0])
+        let argv0 = std::path::Path::new(argv0)
             .file_stem()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_default();
@@ -81,7 +81,7 @@ pub fn run() {
     );
     containerd_shimkit::zygote::Zygote::global().run(crate::executor::prewarm, ());
     logging::init(&std::env::current_dir().unwrap_or_default(), debug);
-    if let Err(e) = serve(&flags) {
+    if let Err(e) = serve(flags) {
         log::error!("shim daemon: {e}");
         eprintln!("{SHIM_NAME}: {e}");
         std::process::exit(1);

@@ -299,31 +299,31 @@ impl Group {
         fresh
     }
 
-    /// Whether the group's daemon is up (under the lock): the process its
-    /// record names still runs (same pid and start time) and its socket is
-    /// there. A group without a record (a daemon of an older release) is
-    /// asked by connecting.
+    /// What the group's daemon record says: `None` without a record, else
+    /// whether the process it names still runs (same pid and start time)
+    /// and its socket is there.
+    fn recorded_alive(&self) -> Option<bool> {
+        let record = std::fs::read_to_string(self.dir.join(DAEMON_FILE)).ok()?;
+        let mut parts = record.split_whitespace();
+        let pid = parts.next().and_then(|p| p.parse::<i32>().ok());
+        let started = parts.next().and_then(|s| s.parse::<u64>().ok());
+        Some(match (pid, started) {
+            (Some(pid), Some(started)) => start_time(pid) == Some(started) && self.socket.exists(),
+            _ => false,
+        })
+    }
+
+    /// Whether the group's daemon is up (under the lock). A group without a
+    /// record (a daemon of an older release) is asked by connecting.
     fn daemon_alive(&self) -> bool {
-        match std::fs::read_to_string(self.dir.join(DAEMON_FILE)) {
-            Ok(record) => {
-                let mut parts = record.split_whitespace();
-                let pid = parts.next().and_then(|p| p.parse::<i32>().ok());
-                let started = parts.next().and_then(|s| s.parse::<u64>().ok());
-                match (pid, started) {
-                    (Some(pid), Some(started)) => {
-                        start_time(pid) == Some(started) && self.socket.exists()
-                    }
-                    _ => false,
-                }
-            }
-            Err(_) => std::os::unix::net::UnixStream::connect(&self.socket).is_ok(),
-        }
+        self.recorded_alive()
+            .unwrap_or_else(|| std::os::unix::net::UnixStream::connect(&self.socket).is_ok())
     }
 
     /// Whether the group's daemon is up, from its record alone (without
     /// the lock: a hint, e.g. for [`crate::route::ask`]).
     pub fn daemon_running(&self) -> bool {
-        std::fs::read_to_string(self.dir.join(DAEMON_FILE)).is_ok() && self.daemon_alive()
+        self.recorded_alive() == Some(true)
     }
 
     /// Records the daemon `pid` (under the lock).

@@ -44,11 +44,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// How long the server has no open connection before it counts as idle.
 pub const IDLE_AFTER: Duration = Duration::from_millis(200);
 
-/// Open connections, and a count of the times the last one closed.
+/// Open connections, and how many times the last one closed.
 #[derive(Default)]
 struct Activity {
     open: AtomicUsize,
-    quiet_since: AtomicU64,
+    closes: AtomicU64,
 }
 
 /// Holds a connection open in [`Activity`]; on the last one's close, calls
@@ -63,12 +63,12 @@ impl<F: Fn() + Send + Sync + 'static> Drop for Open<F> {
         if self.activity.open.fetch_sub(1, Ordering::SeqCst) != 1 {
             return;
         }
-        let quiet = self.activity.quiet_since.fetch_add(1, Ordering::SeqCst) + 1;
+        let quiet = self.activity.closes.fetch_add(1, Ordering::SeqCst) + 1;
         let (activity, on_idle) = (self.activity.clone(), self.on_idle.clone());
         tokio::spawn(async move {
             tokio::time::sleep(IDLE_AFTER).await;
             if activity.open.load(Ordering::SeqCst) == 0
-                && activity.quiet_since.load(Ordering::SeqCst) == quiet
+                && activity.closes.load(Ordering::SeqCst) == quiet
             {
                 on_idle();
             }

@@ -22,6 +22,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -127,7 +128,12 @@ fn load_spec(bundle: &Path) -> Result<BundleSpec, String> {
 pub fn start(flags: &Flags, args: &[OsString]) -> i32 {
     let bundle = std::env::current_dir().unwrap_or_default();
     match decide(flags, &bundle) {
-        Ok((route, annotations, meta, from_daemon)) => {
+        Ok(Decided {
+            route,
+            meta,
+            from_daemon,
+            group,
+        }) => {
             let via = if from_daemon {
                 " (image facts from the group's shim daemon)"
             } else {
@@ -148,7 +154,7 @@ pub fn start(flags: &Flags, args: &[OsString]) -> i32 {
                     eprintln!("wasmhybrid: {err}");
                     1
                 }
-                Runtime::Wasm => start_wasm(flags, &annotations),
+                Runtime::Wasm => start_wasm(flags, group),
             }
         }
         Err(msg) => {
@@ -159,22 +165,28 @@ pub fn start(flags: &Flags, args: &[OsString]) -> i32 {
     }
 }
 
-/// The route, the spec's annotations, the image facts, and whether the
-/// group's daemon gave them.
-type Decided = (
-    Route,
-    HashMap<String, String>,
-    Option<dispatch::ImageMeta>,
-    bool,
-);
+/// What `start` decided, and what it needs to hand a Wasm container out.
+struct Decided {
+    route: Route,
+    meta: Option<dispatch::ImageMeta>,
+    /// The image facts came from the group's daemon.
+    from_daemon: bool,
+    /// The group a Wasm container goes to and its linger, or why the
+    /// sharing settings are bad (reported only for a Wasm container).
+    group: Result<(Group, Duration), String>,
+}
 
 fn decide(flags: &Flags, bundle: &Path) -> Result<Decided, String> {
     let spec = load_spec(bundle).map_err(|e| format!("cannot read the bundle's spec: {e}"))?;
     let annotations = spec.annotations.unwrap_or_default();
+    let group = group_of(flags, &annotations);
     let (meta, from_daemon) = if dispatch::is_pod_sandbox(&annotations) {
         (None, false)
     } else {
-        let routed = group_of(flags, &annotations).and_then(|g| route::ask(&g, &flags.id));
+        let routed = group
+            .as_ref()
+            .ok()
+            .and_then(|(g, _)| route::ask(g, &flags.id));
         let from_daemon = routed.is_some();
         let meta = match routed {
             Some(answer) => answer,
@@ -185,7 +197,12 @@ fn decide(flags: &Flags, bundle: &Path) -> Result<Decided, String> {
         (meta, from_daemon)
     };
     let route = dispatch::route(&annotations, meta.as_ref()).map_err(|e| e.to_string())?;
-    Ok((route, annotations, meta, from_daemon))
+    Ok(Decided {
+        route,
+        meta,
+        from_daemon,
+        group,
+    })
 }
 
 /// The `delete` action: containerd runs it after every task's shim
@@ -235,33 +252,30 @@ pub fn delete(flags: &Flags, args: &[OsString]) -> i32 {
     }
 }
 
-/// The group a container would go to if it is Wasm (`None` with bad
-/// settings: [`start_wasm`] reports them).
-fn group_of(flags: &Flags, annotations: &HashMap<String, String>) -> Option<Group> {
-    let settings = group::Settings::from_env().ok()?;
+/// The group a container goes to if it is Wasm (a pod's, the namespace's,
+/// or its own: [`group::Settings`]) and its linger.
+fn group_of(
+    flags: &Flags,
+    annotations: &HashMap<String, String>,
+) -> Result<(Group, Duration), String> {
+    let settings = group::Settings::from_env()?;
     let pod = annotations
         .get(dispatch::SANDBOX_ID_ANNOTATION)
         .map(String::as_str);
-    let (key, _) = settings.group_of(&flags.id, pod);
-    Some(Group::new(&flags.address, &flags.namespace, &key))
+    let (key, linger) = settings.group_of(&flags.id, pod);
+    Ok((Group::new(&flags.address, &flags.namespace, &key), linger))
 }
 
-/// Hands a Wasm container to its group's daemon (a pod's, the namespace's,
-/// or its own: [`group::Settings`]), starting one if none is up, and
-/// prints the daemon's address.
-fn start_wasm(flags: &Flags, annotations: &HashMap<String, String>) -> i32 {
-    let settings = match group::Settings::from_env() {
-        Ok(s) => s,
+/// Hands a Wasm container to its group's daemon, starting one if none is
+/// up, and prints the daemon's address.
+fn start_wasm(flags: &Flags, group: Result<(Group, Duration), String>) -> i32 {
+    let (group, linger) = match group {
+        Ok(g) => g,
         Err(e) => {
             eprintln!("wasmhybrid: {e}");
             return 1;
         }
     };
-    let pod = annotations
-        .get(dispatch::SANDBOX_ID_ANNOTATION)
-        .map(String::as_str);
-    let (key, linger) = settings.group_of(&flags.id, pod);
-    let group = Group::new(&flags.address, &flags.namespace, &key);
     let opts = SpawnOpts {
         id: flags.id.clone(),
         namespace: flags.namespace.clone(),

@@ -89,8 +89,15 @@ pub async fn serve(
     let (address, namespace) = (Arc::new(containerd_address), Arc::new(namespace));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Transient (e.g. EMFILE): the launcher looks the
+                    // image up itself meanwhile.
+                    log::warn!("image lookups for start: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let (resolver, address, namespace) =
                 (resolver.clone(), address.clone(), namespace.clone());

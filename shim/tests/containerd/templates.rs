@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
+use wasmhybrid_harness::daemon::remove_aot_entry;
 use wasmhybrid_harness::fixtures::Fixture;
 
 use crate::common::{P1_ROOTFS, P2_ROOTFS, TestEnv, bytes};
@@ -129,18 +130,7 @@ async fn containers_of_a_module_share_one_template_that_keeps_nothing_of_them() 
     // The module's cache entry rebuilt (removed here, compiled again by
     // the next start): its template is replaced, not kept beside the new one.
     let hex = format!("{:x}", Sha256::digest(bytes(Fixture::CmdP1)));
-    let mut removed = 0;
-    for target in std::fs::read_dir(env.daemon.aot_cache_dir())
-        .expect("aot dir")
-        .flatten()
-    {
-        for key in std::fs::read_dir(target.path()).expect("key dir").flatten() {
-            for ext in ["cwasm", "json"] {
-                let entry = key.path().join(format!("{hex}.{ext}"));
-                removed += usize::from(std::fs::remove_file(entry).is_ok());
-            }
-        }
-    }
+    let removed = remove_aot_entry(&env.daemon.aot_cache_dir(), &hex).expect("remove");
     assert_eq!(removed, 2, "the p1 module's entry and record");
     let again = env
         .ctrd
