@@ -296,24 +296,65 @@ impl Ctrd {
         Ok(data)
     }
 
-    /// Looks up an image and parses its manifest (for this platform or
-    /// `wasi/wasm`) and config.
-    pub async fn image(&self, name: &str) -> Result<ImageInfo> {
+    /// Image `name`'s target descriptor.
+    async fn image_target(&self, name: &str) -> Result<Descriptor> {
         let req = GetImageRequest {
             name: name.to_string(),
         };
-        let image = self
-            .client
+        self.client
             .images()
             .get(with_namespace!(req, self.ns))
             .await
             .with_context(|| format!("image {name} not found in namespace {}", self.ns))?
             .into_inner()
             .image
-            .ok_or_else(|| anyhow!("image {name} has no record"))?;
-        let target = image
+            .ok_or_else(|| anyhow!("image {name} has no record"))?
             .target
-            .ok_or_else(|| anyhow!("image {name} has no target"))?;
+            .ok_or_else(|| anyhow!("image {name} has no target"))
+    }
+
+    /// Points image name `name` at `source`'s target (a re-tag, as
+    /// `ctr images tag --force` does), creating the name if it is new.
+    pub async fn tag(&self, name: &str, source: &str) -> Result<()> {
+        use containerd_client::services::v1::{CreateImageRequest, Image, UpdateImageRequest};
+        let target = self.image_target(source).await?;
+        let image = Image {
+            name: name.to_string(),
+            target: Some(target),
+            ..Default::default()
+        };
+        let req = UpdateImageRequest {
+            image: Some(image.clone()),
+            update_mask: None,
+            source_date_epoch: None,
+        };
+        match self
+            .client
+            .images()
+            .update(with_namespace!(req, self.ns))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == containerd_client::tonic::Code::NotFound => {
+                let req = CreateImageRequest {
+                    image: Some(image),
+                    source_date_epoch: None,
+                };
+                self.client
+                    .images()
+                    .create(with_namespace!(req, self.ns))
+                    .await
+                    .with_context(|| format!("create image {name}"))?;
+                Ok(())
+            }
+            Err(e) => Err(anyhow!("update image {name}: {e}")),
+        }
+    }
+
+    /// Looks up an image and parses its manifest (for this platform or
+    /// `wasi/wasm`) and config.
+    pub async fn image(&self, name: &str) -> Result<ImageInfo> {
+        let target = self.image_target(name).await?;
         let mut doc: serde_json::Value =
             serde_json::from_slice(&self.read_blob(&target.digest).await?)?;
         if doc["manifests"].is_array() {

@@ -5,7 +5,9 @@
 //! this module. What is read from the content store (index, manifest,
 //! config) is addressed by digest and so never changes: it is cached per
 //! image target digest in [`CACHE_DIR`] (root-only tmpfs), so that a start
-//! costs two calls (`Containers.Get`, `Images.Get`) once an image was seen.
+//! costs two calls (`Containers.Get`, `Images.Get`) once an image was seen,
+//! and none when the group's daemon answers from containerd's event stream
+//! (`crate::watch`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -261,6 +263,34 @@ pub async fn lookup_async(
         .await
 }
 
+/// What a lookup's caller already knows of containerd's records.
+pub trait Known {
+    /// Container `id`'s image name ("" for none), if known.
+    fn container_image(&self, id: &str) -> Option<String>;
+    /// Image `name`'s target, if known.
+    fn image_target(&self, name: &str) -> Option<containerd_client::types::Descriptor>;
+    /// A token for [`Known::remember_image`], taken before `Images.Get`.
+    fn epoch(&self) -> u64;
+    /// An `Images.Get` answer, to keep if still current.
+    fn remember_image(&self, name: &str, target: &containerd_client::types::Descriptor, epoch: u64);
+}
+
+/// Knows nothing: every lookup asks containerd.
+struct Unknown;
+
+impl Known for Unknown {
+    fn container_image(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn image_target(&self, _: &str) -> Option<containerd_client::types::Descriptor> {
+        None
+    }
+    fn epoch(&self) -> u64 {
+        0
+    }
+    fn remember_image(&self, _: &str, _: &containerd_client::types::Descriptor, _: u64) {}
+}
+
 /// A containerd connection kept for many lookups (the shim daemon's: a
 /// lookup on it costs containerd two calls, not a new gRPC connection).
 pub struct Resolver {
@@ -276,6 +306,17 @@ impl Resolver {
 
     /// Looks up container `id`'s image; `Ok(None)` if it has none.
     pub async fn lookup(&self, namespace: &str, id: &str) -> Result<Option<ImageMeta>, ImageError> {
+        self.lookup_knowing(namespace, id, &Unknown).await
+    }
+
+    /// [`Resolver::lookup`], asking containerd only what `known` cannot
+    /// answer (the daemon's event stream, `crate::watch`).
+    pub async fn lookup_knowing(
+        &self,
+        namespace: &str,
+        id: &str,
+        known: &(dyn Known + Sync),
+    ) -> Result<Option<ImageMeta>, ImageError> {
         let client = &self.client;
         let call = |call: &'static str| {
             move |status| ImageError::Call {
@@ -284,33 +325,52 @@ impl Resolver {
             }
         };
 
-        let container = client
-            .containers()
-            .get(request(
-                GetContainerRequest { id: id.to_string() },
-                namespace,
-            )?)
-            .await
-            .map_err(call("Containers.Get"))?
-            .into_inner()
-            .container;
-        let Some(image_name) = container.map(|c| c.image).filter(|i| !i.is_empty()) else {
-            return Ok(None);
+        // An image name is answered from `known` only for a container it
+        // knows: see `crate::watch` for why that answer is fresh.
+        let (image_name, knows_container) = match known.container_image(id) {
+            Some(name) => (name, true),
+            None => {
+                let container = client
+                    .containers()
+                    .get(request(
+                        GetContainerRequest { id: id.to_string() },
+                        namespace,
+                    )?)
+                    .await
+                    .map_err(call("Containers.Get"))?
+                    .into_inner()
+                    .container;
+                (container.map(|c| c.image).unwrap_or_default(), false)
+            }
         };
-        let image = client
-            .images()
-            .get(request(
-                GetImageRequest {
-                    name: image_name.clone(),
-                },
-                namespace,
-            )?)
-            .await
-            .map_err(call("Images.Get"))?
-            .into_inner()
-            .image;
-        let Some(target) = image.and_then(|i| i.target) else {
+        if image_name.is_empty() {
             return Ok(None);
+        }
+        let target = match knows_container
+            .then(|| known.image_target(&image_name))
+            .flatten()
+        {
+            Some(target) => target,
+            None => {
+                let epoch = known.epoch();
+                let image = client
+                    .images()
+                    .get(request(
+                        GetImageRequest {
+                            name: image_name.clone(),
+                        },
+                        namespace,
+                    )?)
+                    .await
+                    .map_err(call("Images.Get"))?
+                    .into_inner()
+                    .image;
+                let Some(target) = image.and_then(|i| i.target) else {
+                    return Ok(None);
+                };
+                known.remember_image(&image_name, &target, epoch);
+                target
+            }
         };
         if let Some(meta) = cache_get(&target.digest, &image_name) {
             return Ok(Some(meta));

@@ -134,10 +134,12 @@ pub fn start(flags: &Flags, args: &[OsString]) -> i32 {
             from_daemon,
             group,
         }) => {
-            let via = if from_daemon {
-                " (image facts from the group's shim daemon)"
-            } else {
-                ""
+            let via = match from_daemon {
+                Some(route::Source::Containerd) => " (image facts from the group's shim daemon)",
+                Some(route::Source::Events) => {
+                    " (image facts from the group's shim daemon, known from containerd's events)"
+                }
+                None => "",
             };
             log_to_containerd(
                 &bundle,
@@ -169,8 +171,8 @@ pub fn start(flags: &Flags, args: &[OsString]) -> i32 {
 struct Decided {
     route: Route,
     meta: Option<dispatch::ImageMeta>,
-    /// The image facts came from the group's daemon.
-    from_daemon: bool,
+    /// The image facts came from the group's daemon (and how it knew).
+    from_daemon: Option<route::Source>,
     /// The group a Wasm container goes to and its linger, or why the
     /// sharing settings are bad (reported only for a Wasm container).
     group: Result<(Group, Duration), String>,
@@ -181,15 +183,15 @@ fn decide(flags: &Flags, bundle: &Path) -> Result<Decided, String> {
     let annotations = spec.annotations.unwrap_or_default();
     let group = group_of(flags, &annotations);
     let (meta, from_daemon) = if dispatch::is_pod_sandbox(&annotations) {
-        (None, false)
+        (None, None)
     } else {
         let routed = group
             .as_ref()
             .ok()
             .and_then(|(g, _)| route::ask(g, &flags.id));
-        let from_daemon = routed.is_some();
+        let from_daemon = routed.as_ref().map(|(_, source)| *source);
         let meta = match routed {
-            Some(answer) => answer,
+            Some((answer, _)) => answer,
             None => image::lookup(&flags.address, &flags.namespace, &flags.id)
                 .map_err(|e| e.to_string()),
         }

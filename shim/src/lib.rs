@@ -72,6 +72,8 @@ pub mod source;
 pub mod templates;
 #[cfg(feature = "daemon")]
 pub mod tool;
+#[cfg(feature = "daemon")]
+pub mod watch;
 
 #[cfg(feature = "daemon")]
 pub use daemon::run as run_shim;

@@ -7,9 +7,10 @@
 //! it containerd's, and 0.7 ms). The group's daemon, when it is up, keeps
 //! one connection ([`crate::image::Resolver`]) and answers on
 //! [`ROUTE_SOCKET`] in the group's directory (root only): one JSON line
-//! each way. When the daemon is not up or does not answer, the launcher
-//! looks the image up itself, so an answer is only ever faster, never
-//! different.
+//! each way. For a container whose creation it saw on containerd's event
+//! stream it answers without calling containerd at all ([`crate::watch`]).
+//! When the daemon is not up or does not answer, the launcher looks the
+//! image up itself.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
@@ -36,6 +37,10 @@ struct Request {
 #[derive(Debug, Serialize, Deserialize)]
 enum Answer {
     Meta(Option<ImageMeta>),
+    /// Answered from containerd's event stream, with no call to
+    /// containerd (an older launcher reads this as no answer and looks
+    /// the image up itself).
+    Known(Option<ImageMeta>),
     /// containerd's answer was an error (the launcher's own lookup would
     /// get the same).
     Error(String),
@@ -48,9 +53,18 @@ fn socket_path(dir: &std::fs::File) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("/proc/self/fd/{}/{ROUTE_SOCKET}", dir.as_raw_fd()))
 }
 
+/// How the daemon came by its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// It asked containerd.
+    Containerd,
+    /// It knew the answer from containerd's events ([`crate::watch`]).
+    Events,
+}
+
 /// The launcher's side: container `id`'s image facts from the group's
 /// daemon, or `None` if it cannot answer (the caller then looks them up).
-pub fn ask(group: &Group, id: &str) -> Option<Result<Option<ImageMeta>, String>> {
+pub fn ask(group: &Group, id: &str) -> Option<(Result<Option<ImageMeta>, String>, Source)> {
     if !group.daemon_running() {
         return None;
     }
@@ -64,8 +78,9 @@ pub fn ask(group: &Group, id: &str) -> Option<Result<Option<ImageMeta>, String>>
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer).ok()?;
     match serde_json::from_str(&answer).ok()? {
-        Answer::Meta(meta) => Some(Ok(meta)),
-        Answer::Error(e) => Some(Err(e)),
+        Answer::Meta(meta) => Some((Ok(meta), Source::Containerd)),
+        Answer::Known(meta) => Some((Ok(meta), Source::Events)),
+        Answer::Error(e) => Some((Err(e), Source::Containerd)),
     }
 }
 
@@ -86,6 +101,12 @@ pub async fn serve(
     let listener = tokio::net::UnixListener::bind(socket_path(&dir))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let resolver: Arc<tokio::sync::Mutex<Option<Arc<crate::image::Resolver>>>> = Arc::default();
+    let watch = Arc::new(crate::watch::Watch::default());
+    tokio::spawn(
+        watch
+            .clone()
+            .follow(containerd_address.clone(), namespace.clone()),
+    );
     let (address, namespace) = (Arc::new(containerd_address), Arc::new(namespace));
     tokio::spawn(async move {
         loop {
@@ -99,10 +120,14 @@ pub async fn serve(
                     continue;
                 }
             };
-            let (resolver, address, namespace) =
-                (resolver.clone(), address.clone(), namespace.clone());
+            let (resolver, watch, address, namespace) = (
+                resolver.clone(),
+                watch.clone(),
+                address.clone(),
+                namespace.clone(),
+            );
             tokio::spawn(async move {
-                let _ = answer(stream, &resolver, &address, &namespace).await;
+                let _ = answer(stream, &resolver, &watch, &address, &namespace).await;
             });
         }
     });
@@ -116,6 +141,7 @@ use containerd_client::tonic::Code as tonic_code;
 async fn answer(
     stream: tokio::net::UnixStream,
     resolver: &tokio::sync::Mutex<Option<std::sync::Arc<crate::image::Resolver>>>,
+    watch: &crate::watch::Watch,
     address: &str,
     namespace: &str,
 ) -> std::io::Result<()> {
@@ -125,6 +151,11 @@ async fn answer(
     tokio::io::BufReader::new(read).read_line(&mut line).await?;
     let request: Request = serde_json::from_str(&line).map_err(std::io::Error::other)?;
     let mut answer = Answer::Error("no lookup made".into());
+    // Whether the lookup below needs nothing from containerd (a hint for
+    // the log: an event may come in between).
+    let known = watch
+        .container_image(&request.id)
+        .is_some_and(|name| name.is_empty() || watch.image_target(&name).is_some());
     // A connection that broke (containerd restarted) is made again, once.
     for _ in 0..2 {
         let client = {
@@ -140,9 +171,13 @@ async fn answer(
                 },
             }
         };
-        match client.lookup(namespace, &request.id).await {
+        match client.lookup_knowing(namespace, &request.id, watch).await {
             Ok(meta) => {
-                answer = Answer::Meta(meta);
+                answer = if known {
+                    Answer::Known(meta)
+                } else {
+                    Answer::Meta(meta)
+                };
                 break;
             }
             Err(e) => {
@@ -196,15 +231,21 @@ mod tests {
             "{\"Meta\":{\"name\":\"img\",\"os\":\"wasi\",\"architecture\":\"wasm\",\
              \"config_labels\":{},\"manifest_annotations\":{},\"wasm_layers\":[]}}\n",
         );
-        let meta = ask(&group, "c1")
-            .expect("answered")
-            .expect("no error")
-            .expect("image");
+        let (meta, source) = ask(&group, "c1").expect("answered");
+        let meta = meta.expect("no error").expect("image");
         assert_eq!((meta.name.as_str(), meta.os.as_str()), ("img", "wasi"));
+        assert_eq!(source, Source::Containerd);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (group, _alive) = fake_daemon(dir.path(), "{\"Known\":null}\n");
+        assert_eq!(ask(&group, "c1"), Some((Ok(None), Source::Events)));
 
         let dir = tempfile::tempdir().expect("tempdir");
         let (group, _alive) = fake_daemon(dir.path(), "{\"Error\":\"not found\"}\n");
-        assert_eq!(ask(&group, "c1"), Some(Err("not found".to_string())));
+        assert_eq!(
+            ask(&group, "c1"),
+            Some((Err("not found".to_string()), Source::Containerd))
+        );
 
         let dir = tempfile::tempdir().expect("tempdir");
         let (group, _alive) = fake_daemon(dir.path(), "garbage\n");

@@ -427,3 +427,86 @@ async fn a_killed_runc_shim_is_cleaned_up_as_under_plain_runc() {
     );
     assert_eq!(outcomes[0], outcomes[1], "wasmhybrid differs from runc");
 }
+
+/// The containerd log line of container `id`'s routing decision.
+fn dispatch_line(env: &TestEnv, id: &str) -> String {
+    let log = env.daemon.log();
+    log.lines()
+        .find(|l| l.contains("dispatch: ") && l.contains(&format!("id={id} ")))
+        .unwrap_or_else(|| panic!("no dispatch line for {id} in:\n{log}"))
+        .to_string()
+}
+
+/// The group's daemon answers `start`'s image lookups from containerd's
+/// event stream once it has seen a container created; an image name
+/// re-tagged to another image (Wasm -> native -> another Wasm module) is
+/// routed by the image it names now, never by what the daemon remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retagged_image_name_is_routed_by_its_new_image() {
+    let env = TestEnv::new("deleg-retag").await;
+    env.import_cmd_images();
+    busybox(&env);
+    const NAME: &str = "localhost/wh/retag:latest";
+    let run = |id: &str, args: &[&str]| RunOpts::new(id, NAME, WASMHYBRID_RUNTIME).args(args);
+    let wasm_args = ["/wh-cmd.wasm", "hello"];
+
+    env.ctrd.tag(NAME, P1_ROOTFS).await.expect("tag");
+    // The first start spawns the namespace's daemon (which lingers); once
+    // it has seen a container created and looked the name up once, it
+    // answers from what the events told it.
+    for id in ["retag-wasm-0", "retag-wasm-1", "retag-wasm-2"] {
+        let done = env.ctrd.run(&run(id, &wasm_args)).await.expect(id);
+        assert_eq!(
+            (done.exit_code, done.stdout.trim()),
+            (0, "hello from wasm"),
+            "{id}"
+        );
+    }
+    let line = dispatch_line(&env, "retag-wasm-2");
+    assert!(line.contains("dispatch: wasm"), "{line}");
+    assert!(line.contains("known from containerd's events"), "{line}");
+
+    env.ctrd
+        .tag(NAME, BUSYBOX)
+        .await
+        .expect("re-tag to busybox");
+    let done = env
+        .ctrd
+        .run(&run("retag-native", &["/bin/sh", "-c", "echo native now"]))
+        .await
+        .expect("native run");
+    assert_eq!((done.exit_code, done.stdout.as_str()), (0, "native now\n"));
+    assert_routed_to_runc(
+        &env,
+        "retag-native",
+        "native image localhost/wh/retag:latest",
+    );
+
+    // And back to Wasm (the other module: the daemon's template for the
+    // first one must not be used for it).
+    env.ctrd
+        .tag(NAME, crate::common::P2_ROOTFS)
+        .await
+        .expect("re-tag to p2");
+    let done = env
+        .ctrd
+        .run(&run("retag-wasm-3", &wasm_args))
+        .await
+        .expect("wasm again");
+    assert_eq!((done.exit_code, done.stdout.trim()), (0, "hello from wasm"));
+    let line = dispatch_line(&env, "retag-wasm-3");
+    assert!(line.contains("dispatch: wasm"), "{line}");
+    for id in [
+        "retag-wasm-0",
+        "retag-wasm-1",
+        "retag-native",
+        "retag-wasm-2",
+    ] {
+        assert!(
+            env.leftovers(id).is_empty(),
+            "{id}: {:?}",
+            env.leftovers(id)
+        );
+    }
+    env.assert_no_panic_logged();
+}
