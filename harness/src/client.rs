@@ -419,6 +419,7 @@ impl Ctrd {
             .cloned()
             .unwrap_or_default();
         let mut parent = String::new();
+        let mut unpacked = false;
         for layer in layers {
             let media_type = layer["mediaType"].as_str().unwrap_or_default();
             if media_type != TAR_LAYER
@@ -478,6 +479,7 @@ impl Ctrd {
                     .apply(self.req(apply, lease))
                     .await
                     .context("apply layer")?;
+                unpacked = true;
                 let commit = CommitSnapshotRequest {
                     snapshotter: SNAPSHOTTER.into(),
                     name: chain.clone(),
@@ -511,10 +513,14 @@ impl Ctrd {
             }
             parent = chain;
         }
-        if !parent.is_empty() {
+        let label = format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}");
+        if !parent.is_empty()
+            && (unpacked || !self.has_label(&image.config_digest, &label, &parent).await)
+        {
             // Keep the unpacked snapshots from garbage collection, as
-            // containerd's own unpacker does.
-            let label = format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}");
+            // containerd's own unpacker does: once, when it unpacks (a
+            // label written for every container would cost containerd a
+            // metadata commit, with its disk flush, per container).
             let update = UpdateRequest {
                 info: Some(Info {
                     digest: image.config_digest.clone(),
@@ -532,6 +538,25 @@ impl Ctrd {
                 .context("label image config")?;
         }
         Ok(parent)
+    }
+
+    /// Whether blob `digest` carries label `key` = `value` (a read).
+    async fn has_label(&self, digest: &str, key: &str, value: &str) -> bool {
+        let req = containerd_client::services::v1::InfoRequest {
+            digest: digest.to_string(),
+        };
+        match self
+            .client
+            .content()
+            .info(with_namespace!(req, self.ns))
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .info
+                .is_some_and(|i| i.labels.get(key).map(String::as_str) == Some(value)),
+            Err(_) => false,
+        }
     }
 
     fn spec(&self, opts: &RunOpts, image: &ImageInfo) -> Result<Spec> {
