@@ -151,10 +151,15 @@ fn serve(flags: &Flags) -> Result<(), ServeError> {
     RUNTIME.block_on(server.start())?;
     // Image lookups for the launcher's `start` (it looks them up itself if
     // this is not there).
+    // Only the namespace's daemon follows containerd's events: it serves
+    // a stream of starts, while a pod's or a container's serves a few, and
+    // every subscriber costs containerd a copy of each event.
+    let follow_events = shared.group.key() == crate::group::NAMESPACE_GROUP;
     if let Err(e) = RUNTIME.block_on(crate::route::serve(
         shared.group.dir(),
         shared.containerd_address.clone(),
         shared.namespace.clone(),
+        follow_events,
     )) {
         log::warn!("cannot serve image lookups for start: {e}");
     }

@@ -86,12 +86,14 @@ pub fn ask(group: &Group, id: &str) -> Option<(Result<Option<ImageMeta>, String>
 
 /// The daemon's side: serves lookups for `namespace` on `dir`'s
 /// [`ROUTE_SOCKET`] with one containerd connection (made on the first
-/// lookup, made again after a failed one).
+/// lookup, made again after a failed one), and with `follow_events`, from
+/// containerd's events where they tell ([`crate::watch`]).
 #[cfg(feature = "daemon")]
 pub async fn serve(
     dir: &std::path::Path,
     containerd_address: String,
     namespace: String,
+    follow_events: bool,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     use std::sync::Arc;
@@ -102,11 +104,13 @@ pub async fn serve(
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let resolver: Arc<tokio::sync::Mutex<Option<Arc<crate::image::Resolver>>>> = Arc::default();
     let watch = Arc::new(crate::watch::Watch::default());
-    tokio::spawn(
-        watch
-            .clone()
-            .follow(containerd_address.clone(), namespace.clone()),
-    );
+    if follow_events {
+        tokio::spawn(
+            watch
+                .clone()
+                .follow(containerd_address.clone(), namespace.clone()),
+        );
+    }
     let (address, namespace) = (Arc::new(containerd_address), Arc::new(namespace));
     tokio::spawn(async move {
         loop {
