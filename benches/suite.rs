@@ -221,7 +221,8 @@ async fn interrupted() -> anyhow::Error {
 /// Where containerd's state and the shims' runtime files are on a node:
 /// `/run/containerd`, a tmpfs. Unless `WASMHYBRID_BENCH_NODE_RUN=0`, the
 /// suite runs in a mount namespace of its own with a tmpfs there (and on
-/// the AOT check memo's directory) and containerd's `--state` in it, for
+/// the AOT check memo's directory) and containerd's `--state` in it, and
+/// the containers' stdio FIFOs under its `fifo` (as `ctr` makes them), for
 /// runc and wasmhybrid alike; containerd's root (content, snapshots) stays
 /// on disk. (A VM whose `/run` is on its disk otherwise has every
 /// container's bundle, shim and runc state files created and removed on
@@ -278,6 +279,20 @@ async fn run(state_dir: Option<PathBuf>) -> Result<()> {
             "node-like run: tmpfs on /run/containerd (containerd's state) in a mount namespace of the suite's own"
         );
     }
+    // Containers' stdio FIFOs where `ctr` makes them on a node (CRI's are
+    // under `/run/containerd` too), not in the VM's disk-backed /tmp.
+    let fifo_dir = match &state_dir {
+        Some(_) => {
+            let dir = PathBuf::from("/run/containerd/fifo");
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(&dir)?;
+            Some(dir)
+        }
+        None => None,
+    };
     let mut daemon = PrivateContainerd::start(DaemonOptions {
         shim_dir,
         state_dir,
@@ -301,6 +316,7 @@ async fn run(state_dir: Option<PathBuf>) -> Result<()> {
             &daemon,
             &ns,
             baseline.as_deref().zip(baseline_ns.as_deref()),
+            fifo_dir.as_deref(),
         )
         .await?,
     );

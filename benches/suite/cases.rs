@@ -150,7 +150,12 @@ impl Env {
         daemon: &PrivateContainerd,
         ns: &str,
         baseline: Option<(&Path, &str)>,
+        fifo_dir: Option<&Path>,
     ) -> Result<Self> {
+        let client = |ctrd: Ctrd| match fifo_dir {
+            Some(dir) => ctrd.with_fifo_dir(dir.to_path_buf()),
+            None => ctrd,
+        };
         let wasm = Fixture::CmdP1.bytes()?;
         let cold = with_custom_section(wasm.clone(), "wasmhybrid-bench-cold");
         let cold_hex = format!("{:x}", Sha256::digest(&cold));
@@ -200,7 +205,7 @@ impl Env {
                 import_image(daemon, baseline_ns, spec)
                     .with_context(|| format!("import {} for the baseline", spec.name))?;
             }
-            baseline_ctrd = Some(Ctrd::connect(&daemon.address(), baseline_ns).await?);
+            baseline_ctrd = Some(client(Ctrd::connect(&daemon.address(), baseline_ns).await?));
             let bin = dir.join("containerd-shim-wasmhybrid-v1");
             anyhow::ensure!(bin.is_file(), "no baseline shim at {}", bin.display());
             let bin = bin.canonicalize()?.display().to_string();
@@ -216,7 +221,7 @@ impl Env {
         }
         select_cases(&mut cases)?;
         Ok(Self {
-            ctrd: Ctrd::connect(&daemon.address(), ns).await?,
+            ctrd: client(Ctrd::connect(&daemon.address(), ns).await?),
             baseline_ctrd,
             ns: ns.to_string(),
             state: daemon.state(),

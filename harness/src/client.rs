@@ -53,6 +53,8 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 pub struct Ctrd {
     client: Arc<Client>,
     ns: String,
+    /// Where containers' stdio FIFOs are made (default: the temp dir).
+    fifo_dir: Option<Arc<PathBuf>>,
 }
 
 /// An image as containerd stores it, with its config parsed.
@@ -256,6 +258,24 @@ impl Ctrd {
         Ok(Self {
             client: Arc::new(Client::from(channel)),
             ns: namespace.to_string(),
+            fifo_dir: None,
+        })
+    }
+
+    /// Makes containers' stdio FIFOs under `dir` (as `ctr` does under
+    /// `/run/containerd/fifo`) instead of the temp dir.
+    pub fn with_fifo_dir(mut self, dir: PathBuf) -> Self {
+        self.fifo_dir = Some(Arc::new(dir));
+        self
+    }
+
+    /// A new directory for one process's stdio FIFOs.
+    fn io_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        let mut b = tempfile::Builder::new();
+        b.prefix(prefix);
+        Ok(match &self.fifo_dir {
+            Some(dir) => b.tempdir_in(dir.as_path())?,
+            None => b.tempdir()?,
         })
     }
 
@@ -685,9 +705,7 @@ impl Ctrd {
         };
         let container_created = t0.elapsed();
 
-        let io_dir = tempfile::Builder::new()
-            .prefix("wasmhybrid-io-")
-            .tempdir()?;
+        let io_dir = self.io_dir("wasmhybrid-io-")?;
         let mut stdout = Fifo::create(io_dir.path().join("stdout"))?;
         let mut stderr = Fifo::create(io_dir.path().join("stderr"))?;
         let t1 = Instant::now();
@@ -898,9 +916,7 @@ impl Running {
 
     /// Runs `args` in the running container; returns (exit code, stdout).
     pub async fn exec(&self, exec_id: &str, args: &[&str]) -> Result<(u32, String)> {
-        let io_dir = tempfile::Builder::new()
-            .prefix("wasmhybrid-exec-")
-            .tempdir()?;
+        let io_dir = self.ctrd.io_dir("wasmhybrid-exec-")?;
         let mut stdout = Fifo::create(io_dir.path().join("stdout"))?;
         let mut stderr = Fifo::create(io_dir.path().join("stderr"))?;
         let process = serde_json::json!({
