@@ -198,19 +198,31 @@ impl Watch {
     /// as the daemon runs, subscribing again (after a growing pause) when
     /// the stream breaks.
     pub async fn follow(self: Arc<Self>, address: String, namespace: String) {
-        let mut backoff = Duration::from_millis(100);
+        const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+        let mut backoff = FIRST_BACKOFF;
         loop {
-            match self.follow_once(&address, &namespace).await {
+            let mut delivered = false;
+            match self.follow_once(&address, &namespace, &mut delivered).await {
                 Ok(()) => log::debug!("containerd's event stream ended"),
                 Err(e) => log::debug!("containerd's event stream: {e}"),
             }
             self.reset();
+            // A stream that worked (containerd restarted, say) is followed
+            // again soon; one that keeps failing, less and less often.
+            if delivered {
+                backoff = FIRST_BACKOFF;
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
-    async fn follow_once(&self, address: &str, namespace: &str) -> Result<(), String> {
+    async fn follow_once(
+        &self,
+        address: &str,
+        namespace: &str,
+        delivered: &mut bool,
+    ) -> Result<(), String> {
         let path = address.strip_prefix("unix://").unwrap_or(address);
         let channel = containerd_client::connect(std::path::Path::new(path))
             .await
@@ -231,6 +243,7 @@ impl Watch {
             .into_inner();
         self.reset();
         while let Some(envelope) = stream.message().await.map_err(|e| e.to_string())? {
+            *delivered = true;
             if envelope.namespace == namespace {
                 self.apply(decode(&envelope));
             }

@@ -437,6 +437,20 @@ fn dispatch_line(env: &TestEnv, id: &str) -> String {
         .to_string()
 }
 
+/// Runs the command module of image `name` once per id, one after the
+/// other, each printing its greeting.
+async fn run_hellos(env: &TestEnv, name: &str, ids: &[&str]) {
+    for id in ids {
+        let opts = RunOpts::new(id, name, WASMHYBRID_RUNTIME).args(&["/wh-cmd.wasm", "hello"]);
+        let done = env.ctrd.run(&opts).await.expect(id);
+        assert_eq!(
+            (done.exit_code, done.stdout.trim()),
+            (0, "hello from wasm"),
+            "{id}"
+        );
+    }
+}
+
 /// The group's daemon answers `start`'s image lookups from containerd's
 /// event stream once it has seen a container created; an image name
 /// re-tagged to another image (Wasm -> native -> another Wasm module) is
@@ -454,14 +468,12 @@ async fn a_retagged_image_name_is_routed_by_its_new_image() {
     // The first start spawns the namespace's daemon (which lingers); once
     // it has seen a container created and looked the name up once, it
     // answers from what the events told it.
-    for id in ["retag-wasm-0", "retag-wasm-1", "retag-wasm-2"] {
-        let done = env.ctrd.run(&run(id, &wasm_args)).await.expect(id);
-        assert_eq!(
-            (done.exit_code, done.stdout.trim()),
-            (0, "hello from wasm"),
-            "{id}"
-        );
-    }
+    run_hellos(
+        &env,
+        NAME,
+        &["retag-wasm-0", "retag-wasm-1", "retag-wasm-2"],
+    )
+    .await;
     let line = dispatch_line(&env, "retag-wasm-2");
     assert!(line.contains("dispatch: wasm"), "{line}");
     assert!(line.contains("known from containerd's events"), "{line}");
@@ -499,8 +511,9 @@ async fn a_retagged_image_name_is_routed_by_its_new_image() {
     for id in [
         "retag-wasm-0",
         "retag-wasm-1",
-        "retag-native",
         "retag-wasm-2",
+        "retag-native",
+        "retag-wasm-3",
     ] {
         assert!(
             env.leftovers(id).is_empty(),
@@ -508,5 +521,22 @@ async fn a_retagged_image_name_is_routed_by_its_new_image() {
             env.leftovers(id)
         );
     }
+
+    // containerd restarts under the lingering daemon: its event stream
+    // breaks, it forgets what it knew and follows the new one.
+    let daemons = env.shim_daemons();
+    assert_eq!(daemons.len(), 1, "one namespace daemon: {daemons:?}");
+    let mut env = env;
+    env.daemon.restart().expect("restart containerd");
+    env.reconnect().await;
+    run_hellos(
+        &env,
+        NAME,
+        &["retag-after-0", "retag-after-1", "retag-after-2"],
+    )
+    .await;
+    assert_eq!(env.shim_daemons(), daemons, "the same daemon served them");
+    let line = dispatch_line(&env, "retag-after-2");
+    assert!(line.contains("known from containerd's events"), "{line}");
     env.assert_no_panic_logged();
 }
