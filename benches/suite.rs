@@ -284,11 +284,11 @@ async fn run(state_dir: Option<PathBuf>) -> Result<()> {
     let fifo_dir = match &state_dir {
         Some(_) => {
             let dir = PathBuf::from("/run/containerd/fifo");
-            std::os::unix::fs::DirBuilderExt::mode(
-                std::fs::DirBuilder::new().recursive(true),
-                0o700,
-            )
-            .create(&dir)?;
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
             Some(dir)
         }
         None => None,

@@ -306,17 +306,18 @@ impl Resolver {
 
     /// Looks up container `id`'s image; `Ok(None)` if it has none.
     pub async fn lookup(&self, namespace: &str, id: &str) -> Result<Option<ImageMeta>, ImageError> {
-        self.lookup_knowing(namespace, id, &Unknown).await
+        Ok(self.lookup_knowing(namespace, id, &Unknown).await?.0)
     }
 
     /// [`Resolver::lookup`], asking containerd only what `known` cannot
-    /// answer (the daemon's event stream, `crate::watch`).
+    /// answer (the daemon's event stream, `crate::watch`); also says
+    /// whether it had to ask containerd at all.
     pub async fn lookup_knowing(
         &self,
         namespace: &str,
         id: &str,
         known: &(dyn Known + Sync),
-    ) -> Result<Option<ImageMeta>, ImageError> {
+    ) -> Result<(Option<ImageMeta>, bool), ImageError> {
         let client = &self.client;
         let call = |call: &'static str| {
             move |status| ImageError::Call {
@@ -344,14 +345,16 @@ impl Resolver {
             }
         };
         if image_name.is_empty() {
-            return Ok(None);
+            return Ok((None, !knows_container));
         }
+        let mut asked = !knows_container;
         let target = match knows_container
             .then(|| known.image_target(&image_name))
             .flatten()
         {
             Some(target) => target,
             None => {
+                asked = true;
                 let epoch = known.epoch();
                 let image = client
                     .images()
@@ -366,20 +369,20 @@ impl Resolver {
                     .into_inner()
                     .image;
                 let Some(target) = image.and_then(|i| i.target) else {
-                    return Ok(None);
+                    return Ok((None, true));
                 };
                 known.remember_image(&image_name, &target, epoch);
                 target
             }
         };
         if let Some(meta) = cache_get(&target.digest, &image_name) {
-            return Ok(Some(meta));
+            return Ok((Some(meta), asked));
         }
 
         let (manifest, config) = resolve(client, namespace, &image_name, &target).await?;
         let meta = image_meta(image_name, &manifest, &config);
         cache_put(&target.digest, &meta);
-        Ok(Some(meta))
+        Ok((Some(meta), true))
     }
 }
 

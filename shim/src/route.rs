@@ -155,11 +155,6 @@ async fn answer(
     tokio::io::BufReader::new(read).read_line(&mut line).await?;
     let request: Request = serde_json::from_str(&line).map_err(std::io::Error::other)?;
     let mut answer = Answer::Error("no lookup made".into());
-    // Whether the lookup below needs nothing from containerd (a hint for
-    // the log: an event may come in between).
-    let known = watch
-        .container_image(&request.id)
-        .is_some_and(|name| name.is_empty() || watch.image_target(&name).is_some());
     // A connection that broke (containerd restarted) is made again, once.
     for _ in 0..2 {
         let client = {
@@ -176,11 +171,11 @@ async fn answer(
             }
         };
         match client.lookup_knowing(namespace, &request.id, watch).await {
-            Ok(meta) => {
-                answer = if known {
-                    Answer::Known(meta)
-                } else {
+            Ok((meta, asked_containerd)) => {
+                answer = if asked_containerd {
                     Answer::Meta(meta)
+                } else {
+                    Answer::Known(meta)
                 };
                 break;
             }
