@@ -195,8 +195,9 @@ impl Watch {
     }
 
     /// Follows `namespace`'s events on containerd at `address` for as long
-    /// as the daemon runs, subscribing again (after a growing pause) when
-    /// the stream breaks.
+    /// as the daemon runs, subscribing again when the stream breaks: after
+    /// 100 ms if the stream had delivered events, else after a pause that
+    /// grows up to `MAX_BACKOFF`.
     pub async fn follow(self: Arc<Self>, address: String, namespace: String) {
         const FIRST_BACKOFF: Duration = Duration::from_millis(100);
         let mut backoff = FIRST_BACKOFF;
