@@ -10,17 +10,20 @@
 use std::collections::HashMap;
 use std::future::Future as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use containerd_shim::api::{
     ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest, Empty,
-    KillRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse,
-    StatsRequest, StatsResponse, WaitRequest, WaitResponse,
+    KillRequest, PauseRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse,
+    StateRequest, StateResponse, StatsRequest, StatsResponse, WaitRequest, WaitResponse,
 };
 use containerd_shim::event::Event;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart,
+};
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -396,6 +399,8 @@ enum Phase {
     Created,
     Starting,
     Started,
+    /// Frozen by `Tasks.Pause` until `Tasks.Resume`.
+    Paused,
     Exited,
     Deleting,
 }
@@ -406,15 +411,19 @@ struct Entry {
     config: InstanceConfig,
     pid: OnceLock<u32>,
     phase: tokio::sync::Mutex<Phase>,
+    /// Whether `phase` is `Paused`, for `Tasks.State` (which does not wait
+    /// for the phase's lock).
+    paused: AtomicBool,
 }
 
 fn transition(phase: &mut Phase, to: Phase) -> Result<(), Error> {
     use Phase::*;
     let ok = match to {
         Starting => *phase == Created,
-        Started => *phase == Starting,
+        Started => matches!(*phase, Starting | Paused),
+        Paused => *phase == Started,
         Deleting => matches!(*phase, Created | Exited),
-        Exited => matches!(*phase, Starting | Started | Deleting),
+        Exited => matches!(*phase, Starting | Started | Paused | Deleting),
         Created => false,
     };
     if ok {
@@ -602,6 +611,7 @@ impl Tasks {
             config,
             pid: OnceLock::new(),
             phase: tokio::sync::Mutex::new(Phase::Created),
+            paused: AtomicBool::new(false),
         }))
     }
 
@@ -651,12 +661,19 @@ impl Tasks {
         no_exec(&req.exec_id)?;
         let entry = self.entry(&req.id)?;
         RUNTIME.block_on(async {
-            let phase = entry.phase.lock().await;
-            if *phase != Phase::Started {
+            let mut phase = entry.phase.lock().await;
+            if !matches!(*phase, Phase::Started | Phase::Paused) {
                 return Err(Error::FailedPrecondition(format!(
                     "invalid state transition: {:?} => Killing",
                     *phase
                 )));
+            }
+            if *phase == Phase::Paused && req.signal == nix::sys::signal::Signal::SIGKILL as u32 {
+                // SIGKILL thaws a paused task, so that it dies now.
+                entry.instance.kill(req.signal).await?;
+                entry.paused.store(false, Ordering::Release);
+                *phase = Phase::Started;
+                return Ok(());
             }
             drop(phase);
             entry.instance.kill(req.signal).await
@@ -702,6 +719,51 @@ impl Tasks {
         })
     }
 
+    /// `Tasks.Pause` (`frozen`) and `Tasks.Resume`: freezes or thaws the
+    /// running task's process through its cgroup's freezer.
+    fn freeze_task(&self, id: &str, frozen: bool) -> Result<Empty, Error> {
+        let entry = self.entry(id)?;
+        RUNTIME.block_on(async {
+            let mut phase = entry.phase.lock().await;
+            if frozen {
+                transition(&mut phase, Phase::Paused)?;
+            } else if *phase != Phase::Paused {
+                return Err(Error::FailedPrecondition(format!(
+                    "invalid state transition: {:?} => Resumed: the task is not paused",
+                    *phase
+                )));
+            }
+            let was = if frozen {
+                Phase::Started
+            } else {
+                Phase::Paused
+            };
+            if let Err(e) = entry.instance.freeze(frozen) {
+                *phase = was;
+                return Err(e);
+            }
+            entry.paused.store(frozen, Ordering::Release);
+            *phase = if frozen {
+                Phase::Paused
+            } else {
+                Phase::Started
+            };
+            Ok(())
+        })?;
+        if frozen {
+            self.events.send(TaskPaused {
+                container_id: id.to_string(),
+                ..Default::default()
+            });
+        } else {
+            self.events.send(TaskResumed {
+                container_id: id.to_string(),
+                ..Default::default()
+            });
+        }
+        Ok(Empty::new())
+    }
+
     async fn wait_task(&self, req: WaitRequest) -> Result<WaitResponse, Error> {
         no_exec(&req.exec_id)?;
         let entry = self.entry(&req.id)?;
@@ -720,6 +782,7 @@ impl Tasks {
         let exited = entry.exited();
         let status = match (pid, exited) {
             (None, _) => Status::CREATED,
+            (Some(_), None) if entry.paused.load(Ordering::Acquire) => Status::PAUSED,
             (Some(_), None) => Status::RUNNING,
             (Some(_), Some(_)) => Status::STOPPED,
         };
@@ -798,6 +861,16 @@ impl shim_ttrpc_async::Task for Tasks {
         blocking("delete", move || this.delete_task(req)).await
     }
 
+    async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        let this = self.clone();
+        blocking("pause", move || this.freeze_task(&req.id, true)).await
+    }
+
+    async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        let this = self.clone();
+        blocking("resume", move || this.freeze_task(&req.id, false)).await
+    }
+
     async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
         // Until the task exits: a future, not a thread.
         self.wait_task(req).await.map_err(ttrpc::Error::from)
@@ -842,6 +915,11 @@ mod tests {
         transition(&mut p, Phase::Starting).expect("start");
         transition(&mut p, Phase::Started).expect("started");
         assert!(transition(&mut p, Phase::Deleting).is_err(), "running");
+        transition(&mut p, Phase::Paused).expect("pause");
+        assert!(transition(&mut p, Phase::Paused).is_err(), "paused twice");
+        assert!(transition(&mut p, Phase::Deleting).is_err(), "paused");
+        transition(&mut p, Phase::Started).expect("resume");
+        transition(&mut p, Phase::Paused).expect("pause again");
         transition(&mut p, Phase::Exited).expect("exit");
         transition(&mut p, Phase::Deleting).expect("delete");
         let mut never_started = Phase::Created;

@@ -194,6 +194,22 @@ impl Instance for WasmInstance {
 }
 
 impl WasmInstance {
+    /// Freezes (`true`) or thaws the container's process in its cgroup.
+    pub fn freeze(&self, frozen: bool) -> Result<(), SandboxError> {
+        log::info!(
+            "{} instance: {}",
+            if frozen { "pausing" } else { "resuming" },
+            self.id
+        );
+        let mut container = self.container.lock().unwrap_or_else(|e| e.into_inner());
+        if frozen {
+            container.pause()
+        } else {
+            container.resume()
+        }
+        .map_err(isolation_err)
+    }
+
     /// The container's process (created, not necessarily started).
     pub fn pid(&self) -> u32 {
         self.container

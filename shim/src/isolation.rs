@@ -77,6 +77,8 @@ pub struct Container {
     pid: Pid,
     control: Option<File>,
     cgroup: Cgroup,
+    /// Frozen by [`Container::pause`].
+    paused: bool,
 }
 
 /// What the spec's namespaces come to.
@@ -291,6 +293,7 @@ impl Container {
             pid: Pid::from_raw(cloned.pid),
             control: Some(cloned.control),
             cgroup,
+            paused: false,
         };
         match container.finish_setup(spec, cloned.report) {
             Ok(()) => Ok(container),
@@ -351,21 +354,45 @@ impl Container {
     }
 
     /// Signals the container's process (its only process: Wasm threads
-    /// are threads of it).
-    pub fn kill(&self, signal: Signal) -> Result<(), IsolationError> {
+    /// are threads of it). A paused one gets other signals when it is
+    /// resumed; SIGKILL thaws it, so that it dies now (as under runc).
+    pub fn kill(&mut self, signal: Signal) -> Result<(), IsolationError> {
         match kill(self.pid, signal) {
-            Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
-            Err(e) => Err(IsolationError::Sys {
-                what: "kill",
-                source: e,
-            }),
+            Ok(()) | Err(nix::Error::ESRCH) => {}
+            Err(e) => {
+                return Err(IsolationError::Sys {
+                    what: "kill",
+                    source: e,
+                });
+            }
         }
+        if signal == Signal::SIGKILL && self.paused {
+            self.resume()?;
+        }
+        Ok(())
+    }
+
+    /// Freezes the container's process in its cgroup.
+    pub fn pause(&mut self) -> Result<(), IsolationError> {
+        self.cgroup.freeze(true)?;
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Thaws a paused container's process.
+    pub fn resume(&mut self) -> Result<(), IsolationError> {
+        self.cgroup.freeze(false)?;
+        self.paused = false;
+        Ok(())
     }
 
     /// Kills what is left and removes the cgroup.
     pub fn delete(&mut self) -> Result<(), IsolationError> {
         self.control = None;
         let _ = kill(self.pid, Signal::SIGKILL);
+        if self.paused {
+            let _ = self.resume();
+        }
         // The process leaves its cgroup as it exits (reaped or not).
         let mut tries = 0;
         loop {

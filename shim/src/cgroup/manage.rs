@@ -2,8 +2,11 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt};
+use libcgroups::common::{
+    AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt, FreezerState,
+};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
@@ -26,7 +29,12 @@ pub enum CgroupError {
     Managed { path: PathBuf, message: String },
     #[error("relative cgroup path {0}: give an absolute path (or a systemd slice:prefix:name)")]
     Relative(PathBuf),
+    #[error("cgroup {path}: {message}")]
+    Freezer { path: PathBuf, message: String },
 }
+
+/// How long [`Cgroup::freeze`] waits for the kernel to report the new state.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
     move |source| CgroupError::Io {
@@ -168,6 +176,45 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Freezes (`true`) or thaws the container's processes, through the v1
+    /// `freezer` hierarchy or the v2 `cgroup.freeze`, and waits until the
+    /// kernel reports the new state. A freeze that does not complete within
+    /// 2 s is undone and reported.
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        match self {
+            Self::Direct { dirs, v2: true } => {
+                let dir = dirs.first().ok_or_else(|| CgroupError::Freezer {
+                    path: PathBuf::from(ROOT),
+                    message: "no cgroup".into(),
+                })?;
+                freeze_v2(dir, frozen)
+            }
+            Self::Direct { dirs, v2: false } => {
+                let freezer = Path::new(ROOT).join("freezer");
+                let dir = dirs
+                    .iter()
+                    .find(|d| d.starts_with(&freezer))
+                    .ok_or_else(|| CgroupError::Freezer {
+                        path: freezer.clone(),
+                        message: "this host mounts no v1 freezer hierarchy, which pause needs"
+                            .into(),
+                    })?;
+                freeze_v1(dir, frozen)
+            }
+            Self::Managed { manager, path } => {
+                let state = if frozen {
+                    FreezerState::Frozen
+                } else {
+                    FreezerState::Thawed
+                };
+                manager.freeze(state).map_err(|e| CgroupError::Managed {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
     /// Removes the cgroup; fails with `EBUSY` while a process is in it.
     pub fn remove(&self) -> Result<(), CgroupError> {
         match self {
@@ -228,6 +275,64 @@ impl ChildCgroup {
             }
         }
         Ok(())
+    }
+}
+
+/// v1: writes `freezer.state` until it reads back as wanted (a freeze goes
+/// through `FREEZING`; writing again retries it, as runc does).
+fn freeze_v1(dir: &Path, frozen: bool) -> Result<(), CgroupError> {
+    let file = dir.join("freezer.state");
+    let want = if frozen { "FROZEN" } else { "THAWED" };
+    let deadline = Instant::now() + FREEZE_TIMEOUT;
+    loop {
+        write(&file, want)?;
+        let now = std::fs::read_to_string(&file).map_err(io(&file))?;
+        if now.trim() == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            if frozen {
+                let _ = write(&file, "THAWED");
+            }
+            return Err(CgroupError::Freezer {
+                path: file,
+                message: format!(
+                    "still {} after {} s, left thawed",
+                    now.trim(),
+                    FREEZE_TIMEOUT.as_secs()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// v2: writes `cgroup.freeze` and waits for `frozen 1` (or `0`) in
+/// `cgroup.events`.
+fn freeze_v2(dir: &Path, frozen: bool) -> Result<(), CgroupError> {
+    let file = dir.join("cgroup.freeze");
+    write(&file, if frozen { "1" } else { "0" })?;
+    let events = dir.join("cgroup.events");
+    let want = if frozen { "frozen 1" } else { "frozen 0" };
+    let deadline = Instant::now() + FREEZE_TIMEOUT;
+    loop {
+        let now = std::fs::read_to_string(&events).map_err(io(&events))?;
+        if now.lines().any(|l| l.trim() == want) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            if frozen {
+                let _ = write(&file, "0");
+            }
+            return Err(CgroupError::Freezer {
+                path: events,
+                message: format!(
+                    "no {want:?} after {} s, left thawed",
+                    FREEZE_TIMEOUT.as_secs()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -542,5 +647,107 @@ mod tests {
         assert_eq!(shares_to_weight(1024), 39);
         assert_eq!(shares_to_weight(262_144), 10_000);
         assert_eq!(shares_to_weight(0), 0);
+    }
+
+    /// CPU ticks (utime + stime) a process has used so far.
+    fn cpu_ticks(pid: u32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let after = stat.rsplit_once(')').expect("stat").1;
+        after
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse::<u64>().expect("ticks"))
+            .sum()
+    }
+
+    /// Whether `pid` uses CPU within 5 s (bounded, not a timing claim).
+    fn runs(pid: u32) -> bool {
+        let before = cpu_ticks(pid);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            if cpu_ticks(pid) > before {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A spinning process in a fresh cgroup; killed and the cgroup removed
+    /// on drop (thawed first, so that the kill lands).
+    struct Spinner {
+        child: std::process::Child,
+        dir: PathBuf,
+        v2: bool,
+    }
+
+    impl Drop for Spinner {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = if self.v2 {
+                freeze_v2(&self.dir, false)
+            } else {
+                freeze_v1(&self.dir, false)
+            };
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+
+    #[test]
+    fn freeze_stops_and_thaw_restarts_a_process_in_a_real_cgroup() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs the tests as root"
+            );
+            eprintln!("skipped: making cgroups needs root");
+            return;
+        }
+        // Every freezer this host has: v2 (the root or the hybrid
+        // `unified` mount) and the v1 `freezer` hierarchy.
+        let root = Path::new(ROOT);
+        let is_cgroup2 = |p: &Path| {
+            nix::sys::statfs::statfs(p)
+                .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+                .unwrap_or(false)
+        };
+        let mut freezers = vec![];
+        if is_cgroup2(root) {
+            freezers.push((root.to_path_buf(), true));
+        } else {
+            if root.join("freezer").is_dir() {
+                freezers.push((root.join("freezer"), false));
+            }
+            if is_cgroup2(&root.join("unified")) {
+                freezers.push((root.join("unified"), true));
+            }
+        }
+        assert!(!freezers.is_empty(), "no cgroup freezer on this host");
+        for (base, v2) in freezers {
+            let dir = base.join(format!("wasmhybrid-freeze-test-{}", std::process::id()));
+            std::fs::create_dir(&dir).expect("cgroup dir");
+            let child = std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .expect("spawn");
+            let spinner = Spinner { child, dir, v2 };
+            let pid = spinner.child.id();
+            write(&spinner.dir.join("cgroup.procs"), &pid.to_string()).expect("join");
+            let freeze = if v2 { freeze_v2 } else { freeze_v1 };
+            assert!(runs(pid), "{base:?}: spins before the freeze");
+
+            freeze(&spinner.dir, true).expect("freeze");
+            let before = cpu_ticks(pid);
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(cpu_ticks(pid), before, "{base:?}: frozen, uses no CPU");
+            // Freezing again is a no-op.
+            freeze(&spinner.dir, true).expect("freeze again");
+
+            freeze(&spinner.dir, false).expect("thaw");
+            assert!(runs(pid), "{base:?}: spins again after the thaw");
+            eprintln!("{base:?}: frozen and thawed");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Long-running and short containers side by side, served by one shim
 //! daemon; kill with SIGTERM and SIGKILL; nothing left behind after delete,
-//! and the daemon gone once its linger is over.
+//! and the daemon gone once its linger is over; pause freezes a module and
+//! resume thaws it.
 
 use std::time::{Duration, Instant};
 
@@ -141,5 +142,103 @@ async fn sigterm_and_sigkill_stop_sleeping_and_spinning_modules() {
             "{id}: {:?}",
             env.leftovers(&id)
         );
+    }
+}
+
+/// CPU time (utime + stime, in clock ticks) a process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    let after = stat.rsplit_once(')').expect("stat").1;
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().expect("ticks"))
+        .collect();
+    fields.iter().sum()
+}
+
+/// CPU ticks `pid` uses over 400 ms.
+async fn ticks_over_400ms(pid: u32) -> u64 {
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cpu_ticks(pid) - before
+}
+
+/// Whether `pid` uses CPU within 10 s (bounded, not a timing claim).
+async fn runs(pid: u32) -> bool {
+    let before = cpu_ticks(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if cpu_ticks(pid) > before {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_freezes_and_resume_thaws_a_spinning_module() {
+    let env = TestEnv::new("pause").await;
+    env.import_cmd_images();
+    for (i, image) in [P1_ROOTFS, P2_ROOTFS].into_iter().enumerate() {
+        let id = format!("pause-{i}");
+        let mut running = env
+            .start_ready(
+                &env.opts(&id, image, &["/wh-cmd.wasm", "spin", "3600"]),
+                "spin",
+            )
+            .await;
+        assert!(
+            running.resume().await.is_err(),
+            "{image}: resume of a running task is refused"
+        );
+        assert!(runs(running.pid).await, "{image}: spins");
+
+        running.pause().await.expect("pause");
+        assert_eq!(running.status().await.expect("status"), "PAUSED", "{image}");
+        assert!(
+            running.pause().await.is_err(),
+            "{image}: pause of a paused task is refused"
+        );
+        assert_eq!(
+            ticks_over_400ms(running.pid).await,
+            0,
+            "{image}: a paused module uses no CPU"
+        );
+
+        running.resume().await.expect("resume");
+        assert_eq!(
+            running.status().await.expect("status"),
+            "RUNNING",
+            "{image}"
+        );
+        assert!(runs(running.pid).await, "{image}: spins again after resume");
+
+        running.pause().await.expect("pause again");
+        let code = if i == 0 {
+            // SIGKILL ends a paused task at once (it is thawed to die).
+            stop(&mut running, 9).await
+        } else {
+            // SIGTERM waits for the resume, as under runc.
+            running.kill(15).await.expect("kill");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                running.status().await.expect("status"),
+                "PAUSED",
+                "{image}: SIGTERM is held while paused"
+            );
+            running.resume().await.expect("resume");
+            tokio::time::timeout(Duration::from_secs(10), running.wait())
+                .await
+                .expect("stops once resumed")
+                .expect("wait")
+        };
+        assert_eq!(code, if i == 0 { 137 } else { 143 }, "{image}");
+        running.delete().await.expect("delete");
+        let left = env.leftovers(&id);
+        assert!(left.is_empty(), "{image}: left behind: {left:?}");
     }
 }
