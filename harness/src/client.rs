@@ -23,7 +23,7 @@ use containerd_client::services::v1::{
     ApplyRequest, Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
     DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetImageRequest, GetRequest, Info,
     KillRequest, MetricsRequest, PauseTaskRequest, ReadContentRequest, ResumeTaskRequest,
-    StartRequest, UpdateRequest, WaitRequest,
+    StartRequest, UpdateRequest, UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::services::v1::{
     CreateRequest as LeaseCreateRequest, DeleteRequest as LeaseDeleteRequest,
@@ -875,6 +875,26 @@ impl Running {
             .tasks()
             .pause(with_namespace!(req, self.ctrd.ns))
             .await?;
+        Ok(())
+    }
+
+    /// `Tasks.Update` with `resources`, a runtime-spec `LinuxResources`
+    /// (as `ctr task update` and the CRI's `UpdateContainerResources` send).
+    pub async fn update(&self, resources: serde_json::Value) -> Result<()> {
+        let req = UpdateTaskRequest {
+            container_id: self.id.clone(),
+            resources: Some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: serde_json::to_vec(&resources)?,
+            }),
+            annotations: HashMap::new(),
+        };
+        self.ctrd
+            .client
+            .tasks()
+            .update(with_namespace!(req, self.ctrd.ns))
+            .await
+            .map_err(|e| anyhow!("update {}: {}", self.id, e.message()))?;
         Ok(())
     }
 

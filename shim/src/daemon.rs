@@ -18,7 +18,8 @@ use chrono::{DateTime, Utc};
 use containerd_shim::api::{
     ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest, Empty,
     KillRequest, PauseRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse,
-    StateRequest, StateResponse, StatsRequest, StatsResponse, WaitRequest, WaitResponse,
+    StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest,
+    WaitResponse,
 };
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
@@ -34,7 +35,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{DeleteResponse, TtrpcResult};
 use containerd_shim_protos::shim::shim_ttrpc_async;
 use containerd_shimkit::sandbox::{Config as RuntimeConfig, Error, Instance, InstanceConfig};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Spec};
 
 use crate::executor::SHIM_NAME;
 use crate::group::{ENV_DAEMON_LINGER_MS, Group, SOCKET_FD};
@@ -719,6 +720,35 @@ impl Tasks {
         })
     }
 
+    /// `Tasks.Update`: new cgroup limits (a JSON `LinuxResources`, as
+    /// containerd sends them) for a task that has not exited.
+    fn update_task(&self, req: UpdateTaskRequest) -> Result<Empty, Error> {
+        let entry = self.entry(&req.id)?;
+        let any = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("update without resources".into()))?;
+        if !any.type_url.ends_with("/LinuxResources") && !any.type_url.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "update: resources of type {:?}; a Linux container takes LinuxResources",
+                any.type_url
+            )));
+        }
+        let resources: LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| Error::InvalidArgument(format!("update: invalid LinuxResources: {e}")))?;
+        RUNTIME.block_on(async {
+            let phase = entry.phase.lock().await;
+            if matches!(*phase, Phase::Exited | Phase::Deleting) {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot update {}: its process has exited",
+                    req.id
+                )));
+            }
+            entry.instance.update(&resources)
+        })?;
+        Ok(Empty::new())
+    }
+
     /// `Tasks.Pause` (`frozen`) and `Tasks.Resume`: freezes or thaws the
     /// running task's process through its cgroup's freezer.
     fn freeze_task(&self, id: &str, frozen: bool) -> Result<Empty, Error> {
@@ -859,6 +889,11 @@ impl shim_ttrpc_async::Task for Tasks {
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         let this = self.clone();
         blocking("delete", move || this.delete_task(req)).await
+    }
+
+    async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let this = self.clone();
+        blocking("update", move || this.update_task(req)).await
     }
 
     async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {

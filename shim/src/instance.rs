@@ -31,7 +31,7 @@ use containerd_shimkit::sandbox::{Error as SandboxError, Instance, InstanceConfi
 use containerd_shimkit::zygote::Zygote;
 use nix::errno::Errno;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Spec};
 use tokio::io::unix::AsyncFd;
 
 use crate::cache::{Cache, CacheError, CacheSettings, Compiled, Fingerprint, Found, WasmDigest};
@@ -194,6 +194,13 @@ impl Instance for WasmInstance {
 }
 
 impl WasmInstance {
+    /// Applies new cgroup limits to the container (`Tasks.Update`).
+    pub fn update(&self, resources: &LinuxResources) -> Result<(), SandboxError> {
+        log::info!("updating instance resources: {}", self.id);
+        let mut container = self.container.lock().unwrap_or_else(|e| e.into_inner());
+        container.update(resources).map_err(isolation_err)
+    }
+
     /// Freezes (`true`) or thaws the container's process in its cgroup.
     pub fn freeze(&self, frozen: bool) -> Result<(), SandboxError> {
         log::info!(

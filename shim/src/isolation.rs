@@ -43,7 +43,7 @@ use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::{Mode, mkdirat};
 use nix::unistd::{Gid, Pid, Uid};
-use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Mount, Spec};
 
 use crate::cgroup::{Cgroup, CgroupError, ChildCgroup};
 
@@ -369,6 +369,12 @@ impl Container {
         if signal == Signal::SIGKILL && self.paused {
             self.resume()?;
         }
+        Ok(())
+    }
+
+    /// Applies new cgroup limits (`Tasks.Update`).
+    pub fn update(&mut self, resources: &LinuxResources) -> Result<(), IsolationError> {
+        self.cgroup.update(self.pid, resources)?;
         Ok(())
     }
 

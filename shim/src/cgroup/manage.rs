@@ -88,12 +88,10 @@ impl Cgroup {
         }
         let rel = relative_path(path, id)
             .ok_or_else(|| CgroupError::Relative(path.unwrap_or(Path::new("")).to_path_buf()))?;
-        let cpuset = resources
-            .and_then(|r| r.cpu().as_ref())
-            .is_some_and(|c| c.cpus().is_some() || c.mems().is_some());
+        let cpuset = resources.is_some_and(wants_cpuset);
         if is_v2() {
             let root = Path::new(ROOT);
-            enable_v2_controllers(root, &rel)?;
+            enable_v2_controllers(root, &rel, cpuset)?;
             let dir = root.join(&rel);
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
             if let Some(r) = resources {
@@ -208,6 +206,55 @@ impl Cgroup {
                     FreezerState::Thawed
                 };
                 manager.freeze(state).map_err(|e| CgroupError::Managed {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// `Tasks.Update`: applies new limits to the running container `pid`
+    /// (on v1, a CPU set given for the first time moves it into a new
+    /// `cpuset` cgroup, which [`Cgroup::create`] makes only when limited).
+    pub fn update(&mut self, pid: Pid, r: &LinuxResources) -> Result<(), CgroupError> {
+        match self {
+            Self::Direct { dirs, v2: true } => {
+                let Some(dir) = dirs.first() else {
+                    return Ok(());
+                };
+                if wants_cpuset(r) && !dir.join("cpuset.cpus").exists() {
+                    let rel = dir.strip_prefix(ROOT).unwrap_or(dir);
+                    enable_v2_controllers(Path::new(ROOT), rel, true)?;
+                }
+                apply_v2(dir, r)
+            }
+            Self::Direct { dirs, v2: false } => {
+                let cpuset = Path::new(ROOT).join("cpuset");
+                if wants_cpuset(r)
+                    && cpuset.is_dir()
+                    && !dirs.iter().any(|d| d.starts_with(&cpuset))
+                {
+                    let rel = dirs
+                        .first()
+                        .and_then(|d| d.strip_prefix(ROOT).ok())
+                        .map(|d| d.iter().skip(1).collect::<PathBuf>())
+                        .ok_or_else(|| CgroupError::Relative(PathBuf::new()))?;
+                    create_cpuset(&cpuset, &rel)?;
+                    let dir = cpuset.join(&rel);
+                    apply_v1(std::slice::from_ref(&dir), r)?;
+                    write(&dir.join("cgroup.procs"), &pid.to_string())?;
+                    dirs.push(dir);
+                }
+                apply_v1(dirs, r)
+            }
+            Self::Managed { manager, path } => {
+                let opt = ControllerOpt {
+                    resources: r,
+                    disable_oom_killer: false,
+                    oom_score_adj: None,
+                    freezer_state: None,
+                };
+                manager.apply(&opt).map_err(|e| CgroupError::Managed {
                     path: path.clone(),
                     message: e.to_string(),
                 })
@@ -336,9 +383,10 @@ fn freeze_v2(dir: &Path, frozen: bool) -> Result<(), CgroupError> {
     }
 }
 
-/// Enables the controllers a Wasm container uses in every ancestor's
+/// Enables the controllers a Wasm container uses (`cpuset` only when its
+/// CPUs or memory nodes are limited) in every ancestor's
 /// `cgroup.subtree_control` (written only where one is missing).
-fn enable_v2_controllers(root: &Path, rel: &Path) -> Result<(), CgroupError> {
+fn enable_v2_controllers(root: &Path, rel: &Path, cpuset: bool) -> Result<(), CgroupError> {
     let mut dir = root.to_path_buf();
     for (i, part) in rel.components().enumerate() {
         // `dir` is an ancestor of the container's cgroup.
@@ -356,6 +404,7 @@ fn enable_v2_controllers(root: &Path, rel: &Path) -> Result<(), CgroupError> {
             std::fs::read_to_string(dir.join("cgroup.subtree_control")).map_err(io(&dir))?;
         let missing: Vec<String> = V2_CONTROLLERS
             .iter()
+            .chain(cpuset.then_some(&"cpuset"))
             .filter(|c| available.split_whitespace().any(|a| a == **c))
             .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
             .map(|c| format!("+{c}"))
@@ -366,6 +415,13 @@ fn enable_v2_controllers(root: &Path, rel: &Path) -> Result<(), CgroupError> {
         dir.push(part);
     }
     Ok(())
+}
+
+/// Whether `r` limits CPUs or memory nodes (the `cpuset` controller).
+fn wants_cpuset(r: &LinuxResources) -> bool {
+    r.cpu()
+        .as_ref()
+        .is_some_and(|c| c.cpus().is_some() || c.mems().is_some())
 }
 
 /// A v1 cpuset cgroup with its CPUs and memory nodes copied from its
@@ -400,11 +456,49 @@ fn set_v1(dirs: &[PathBuf], file: &str, value: &str) -> Result<(), CgroupError> 
 
 fn apply_v1(dirs: &[PathBuf], r: &LinuxResources) -> Result<(), CgroupError> {
     if let Some(m) = r.memory() {
-        if let Some(limit) = m.limit() {
-            set_v1(dirs, "memory.limit_in_bytes", &limit.to_string())?;
+        // memory + swap can never be below memory: in an update that
+        // raises it, swap goes first (runc's order and rules).
+        let memsw = "memory.memsw.limit_in_bytes";
+        let has_memsw = dirs.iter().any(|d| d.join(memsw).exists());
+        let swap = match (m.limit(), m.swap()) {
+            (Some(-1), None) if has_memsw => Some(-1),
+            (_, swap) => swap,
+        };
+        let current = dirs
+            .iter()
+            .map(|d| d.join("memory.limit_in_bytes"))
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        let swap_first = match (m.limit(), swap, current) {
+            (Some(_), Some(-1), _) => true,
+            (Some(_), Some(swap), Some(current)) => current < swap,
+            _ => false,
+        };
+        let set_swap = || match swap {
+            Some(swap) => set_v1(dirs, memsw, &swap.to_string()),
+            None => Ok(()),
+        };
+        if swap_first {
+            set_swap()?;
         }
-        if let Some(swap) = m.swap() {
-            set_v1(dirs, "memory.memsw.limit_in_bytes", &swap.to_string())?;
+        if let Some(limit) = m.limit() {
+            set_v1(dirs, "memory.limit_in_bytes", &limit.to_string()).map_err(|e| match e {
+                CgroupError::Io { path, source }
+                    if source.raw_os_error() == Some(libc::EINVAL) && swap.is_none() =>
+                {
+                    CgroupError::Io {
+                        path,
+                        source: std::io::Error::other(format!(
+                            "memory limit {limit} refused (EINVAL): above the memory+swap \
+                             limit; give the swap limit too"
+                        )),
+                    }
+                }
+                e => e,
+            })?;
+        }
+        if !swap_first {
+            set_swap()?;
         }
         if let Some(res) = m.reservation() {
             set_v1(dirs, "memory.soft_limit_in_bytes", &res.to_string())?;
@@ -559,13 +653,29 @@ mod tests {
             "cpu memory pids io",
         )
         .expect("enabled");
-        enable_v2_controllers(root.path(), Path::new("ns/container")).expect("enable");
+        enable_v2_controllers(root.path(), Path::new("ns/container"), false).expect("enable");
         let read = |p: &str| std::fs::read_to_string(root.path().join(p)).expect("read");
         assert_eq!(read("cgroup.subtree_control"), "+cpu +memory +pids +io");
         // Already enabled in `ns`: not written again.
         assert_eq!(read("ns/cgroup.subtree_control"), "cpu memory pids io");
         // The container's own directory is made by the caller.
         assert!(!root.path().join("ns/container").exists());
+    }
+
+    #[test]
+    fn v2_cpuset_is_enabled_only_when_limited() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let rel = Path::new("ns/container");
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).expect("read");
+        for cpuset in [false, true] {
+            fake_v2_dir(root.path(), "cpuset cpu io memory pids");
+            fake_v2_dir(&root.path().join("ns"), "cpuset cpu io memory pids");
+            enable_v2_controllers(root.path(), rel, cpuset).expect("enable");
+            for dir in ["", "ns/"] {
+                let enabled = read(&format!("{dir}cgroup.subtree_control"));
+                assert_eq!(enabled.contains("+cpuset"), cpuset, "{dir}: {enabled}");
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! own PID, mount, network, IPC and UTS namespaces, its cgroup with the
 //! spec's memory limit, `no_new_privs`, the spec's capabilities only, and a
 //! root of its rootfs where every mount is `nodev,nosuid` and no kernel
-//! filesystem is mounted.
+//! filesystem is mounted; `Tasks.Update` changes its cgroup's limits.
 
 use std::path::Path;
 
@@ -142,4 +142,131 @@ async fn a_namespace_that_cannot_be_joined_fails_create_and_leaves_nothing() {
         .await
         .expect("run");
     assert_eq!((done.exit_code, done.stdout.trim()), (0, "hello from wasm"));
+}
+
+/// A cgroup file of `pid`'s cgroup: `v1` in the `controller` hierarchy
+/// (cgroup v1) or `v2` (unified).
+fn cgroup_file(pid: u32, controller: &str, v1: &str, v2: &str) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let line = |want: &str| {
+        cgroups.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+            names
+                .split(',')
+                .any(|n| n == want)
+                .then(|| path.trim_start_matches('/').to_string())
+        })
+    };
+    let path = match line(controller) {
+        Some(rel) => Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(rel)
+            .join(v1),
+        None => Path::new("/sys/fs/cgroup")
+            .join(line("").expect("a v2 cgroup line"))
+            .join(v2),
+    };
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_changes_the_limits_of_a_running_wasm_container() {
+    let env = TestEnv::new("update").await;
+    env.import_cmd_images();
+    let mut opts = env.opts("upd", P1_ROOTFS, &["/wh-cmd.wasm", "sleep", "3600"]);
+    opts.memory_limit = Some(LIMIT);
+    let mut running = env.start_ready(&opts, "sleeping").await;
+    let pid = running.pid;
+    let memory = || cgroup_file(pid, "memory", "memory.limit_in_bytes", "memory.max");
+    let pids = || cgroup_file(pid, "pids", "pids.max", "pids.max");
+    let quota = || {
+        let v1 = cgroup_file(pid, "cpu", "cpu.cfs_quota_us", "cpu.max");
+        // v2's cpu.max is "quota period".
+        v1.split_whitespace().next().unwrap_or_default().to_string()
+    };
+    assert_eq!(memory(), LIMIT.to_string());
+
+    // Raised with its swap, as the CRI sends it (on v1, memory first would
+    // be refused above memory+swap: the shim orders the writes as runc
+    // does), then lowered again.
+    let raised = 2 * LIMIT;
+    running
+        .update(serde_json::json!({
+            "memory": {"limit": raised, "swap": raised},
+            "cpu": {"quota": 50000, "period": 100000},
+            "pids": {"limit": 32},
+        }))
+        .await
+        .expect("update");
+    assert_eq!(memory(), raised.to_string());
+    assert_eq!(quota(), "50000");
+    assert_eq!(pids(), "32");
+    running
+        .update(serde_json::json!({"memory": {"limit": LIMIT, "swap": LIMIT}}))
+        .await
+        .expect("lower");
+    assert_eq!(memory(), LIMIT.to_string());
+    assert_eq!(
+        (quota(), pids()),
+        ("50000".into(), "32".into()),
+        "untouched"
+    );
+
+    // A CPU set given for the first time (a new v1 cpuset cgroup).
+    running
+        .update(serde_json::json!({"cpu": {"cpus": "0"}}))
+        .await
+        .expect("cpus");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert_eq!(status_field(&status, "Cpus_allowed_list"), "0");
+
+    // Raised alone past memory+swap (v1 with swap accounting): refused, as
+    // runc refuses it, with a hint.
+    let alone = running
+        .update(serde_json::json!({"memory": {"limit": 4 * LIMIT}}))
+        .await;
+    if Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+        let err = alone.expect_err("memory above memory+swap");
+        assert!(
+            err.to_string().contains("give the swap limit too"),
+            "{err:#}"
+        );
+        assert_eq!(memory(), LIMIT.to_string());
+    } else {
+        alone.expect("memory alone");
+        running
+            .update(serde_json::json!({"memory": {"limit": LIMIT}}))
+            .await
+            .expect("lower");
+    }
+
+    // Input that is not LinuxResources is refused, and changes nothing.
+    let err = running
+        .update(serde_json::json!({"memory": {"limit": "lots"}}))
+        .await
+        .expect_err("invalid resources");
+    assert!(
+        err.to_string().contains("invalid LinuxResources"),
+        "{err:#}"
+    );
+    assert_eq!(memory(), LIMIT.to_string());
+
+    // The module still runs, and stops as usual.
+    assert_eq!(running.status().await.expect("status"), "RUNNING");
+    assert_eq!(stop(&mut running, 15).await, 143);
+    let err = running
+        .update(serde_json::json!({"pids": {"limit": 64}}))
+        .await
+        .expect_err("update after exit");
+    assert!(err.to_string().contains("exited"), "{err:#}");
+    running.delete().await.expect("delete");
+    assert!(
+        env.leftovers("upd").is_empty(),
+        "{:?}",
+        env.leftovers("upd")
+    );
 }
