@@ -20,10 +20,11 @@ use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    ApplyRequest, Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetImageRequest, GetRequest, Info,
-    KillRequest, MetricsRequest, PauseTaskRequest, ReadContentRequest, ResumeTaskRequest,
-    StartRequest, UpdateRequest, UpdateTaskRequest, WaitRequest,
+    ApplyRequest, CloseIoRequest, Container, CreateContainerRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest,
+    GetImageRequest, GetRequest, Info, KillRequest, MetricsRequest, PauseTaskRequest,
+    ReadContentRequest, ResumeTaskRequest, StartRequest, UpdateRequest, UpdateTaskRequest,
+    WaitRequest,
 };
 use containerd_client::services::v1::{
     CreateRequest as LeaseCreateRequest, DeleteRequest as LeaseDeleteRequest,
@@ -114,6 +115,8 @@ pub struct RunOpts {
     pub annotations: HashMap<String, String>,
     /// cgroup memory limit in bytes.
     pub memory_limit: Option<i64>,
+    /// Give the task a stdin FIFO ([`Running::write_stdin`]).
+    pub stdin: bool,
 }
 
 impl RunOpts {
@@ -129,6 +132,7 @@ impl RunOpts {
             pidns: None,
             annotations: HashMap::new(),
             memory_limit: None,
+            stdin: false,
         }
     }
 
@@ -243,6 +247,7 @@ pub struct Running {
     ctrd: Ctrd,
     pub id: String,
     pub pid: u32,
+    stdin: Option<PathBuf>,
     stdout: Fifo,
     stderr: Fifo,
     phases: Phases,
@@ -708,10 +713,22 @@ impl Ctrd {
         let io_dir = self.io_dir("wasmhybrid-io-")?;
         let mut stdout = Fifo::create(io_dir.path().join("stdout"))?;
         let mut stderr = Fifo::create(io_dir.path().join("stderr"))?;
+        let stdin = if opts.stdin {
+            let path = io_dir.path().join("stdin");
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .with_context(|| format!("mkfifo {}", path.display()))?;
+            Some(path)
+        } else {
+            None
+        };
         let t1 = Instant::now();
         let req = CreateTaskRequest {
             container_id: opts.id.clone(),
             rootfs,
+            stdin: stdin
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             stdout: stdout.path.display().to_string(),
             stderr: stderr.path.display().to_string(),
             ..Default::default()
@@ -740,6 +757,7 @@ impl Ctrd {
             ctrd: self.clone(),
             id: opts.id.clone(),
             pid,
+            stdin,
             stdout,
             stderr,
             phases: Phases {
@@ -875,6 +893,40 @@ impl Running {
             .tasks()
             .pause(with_namespace!(req, self.ctrd.ns))
             .await?;
+        Ok(())
+    }
+
+    /// Writes `data` to the task's stdin and closes this writer (the task
+    /// sees end-of-file after [`Running::close_stdin`], as under runc).
+    pub async fn write_stdin(&self, data: &[u8]) -> Result<()> {
+        let path = self
+            .stdin
+            .clone()
+            .ok_or_else(|| anyhow!("{} was created without stdin", self.id))?;
+        let data = data.to_vec();
+        // The shim holds the FIFO's read end since Tasks.Create: no wait.
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut f = std::fs::OpenOptions::new().write(true).open(&path)?;
+            std::io::Write::write_all(&mut f, &data)?;
+            Ok(())
+        })
+        .await??;
+        Ok(())
+    }
+
+    /// `Tasks.CloseIO` for stdin (what `ctr run -i` sends at its input's end).
+    pub async fn close_stdin(&self) -> Result<()> {
+        let req = CloseIoRequest {
+            container_id: self.id.clone(),
+            exec_id: String::new(),
+            stdin: true,
+        };
+        self.ctrd
+            .client
+            .tasks()
+            .close_io(with_namespace!(req, self.ctrd.ns))
+            .await
+            .map_err(|e| anyhow!("close stdin of {}: {}", self.id, e.message()))?;
         Ok(())
     }
 

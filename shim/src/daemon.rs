@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use containerd_shim::api::{
-    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest, Empty,
-    KillRequest, PauseRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse,
-    StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest,
-    WaitResponse,
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+    DeleteRequest, Empty, KillRequest, PauseRequest, ResumeRequest, ShutdownRequest, StartRequest,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest,
+    WaitRequest, WaitResponse,
 };
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
@@ -415,6 +415,29 @@ struct Entry {
     /// Whether `phase` is `Paused`, for `Tasks.State` (which does not wait
     /// for the phase's lock).
     paused: AtomicBool,
+    /// A write end of the stdin FIFO, held until `Tasks.CloseIO` (as runc's
+    /// shim does), so that the guest sees end-of-file only after that, not
+    /// whenever a client's writer goes away (e.g. containerd restarting).
+    stdin: Mutex<Option<std::fs::File>>,
+}
+
+/// Opens the stdin FIFO's keep-alive write end (nothing for no stdin or a
+/// path that is not a FIFO).
+fn stdin_keeper(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    if path.as_os_str().is_empty() {
+        return None;
+    }
+    // Read-write: opening a FIFO so never waits for a reader.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| log::warn!("stdin {}: {e}", path.display()))
+        .ok()?;
+    let is_fifo = file.metadata().is_ok_and(|m| m.file_type().is_fifo());
+    is_fifo.then_some(file)
 }
 
 fn transition(phase: &mut Phase, to: Phase) -> Result<(), Error> {
@@ -607,12 +630,14 @@ impl Tasks {
             let _ = RUNTIME.block_on(instance.delete());
             return Err(e);
         }
+        let stdin = stdin_keeper(&config.stdin);
         Ok(Arc::new(Entry {
             instance,
             config,
             pid: OnceLock::new(),
             phase: tokio::sync::Mutex::new(Phase::Created),
             paused: AtomicBool::new(false),
+            stdin: Mutex::new(stdin),
         }))
     }
 
@@ -718,6 +743,17 @@ impl Tasks {
             exited_at: exited_at.into(),
             ..Default::default()
         })
+    }
+
+    /// `Tasks.CloseIO`: with `stdin`, lets the guest see end-of-file once
+    /// the client's writers are gone too.
+    fn close_task_io(&self, req: CloseIORequest) -> Result<Empty, Error> {
+        no_exec(&req.exec_id)?;
+        let entry = self.entry(&req.id)?;
+        if req.stdin {
+            entry.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+        Ok(Empty::new())
     }
 
     /// `Tasks.Update`: new cgroup limits (a JSON `LinuxResources`, as
@@ -889,6 +925,10 @@ impl shim_ttrpc_async::Task for Tasks {
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         let this = self.clone();
         blocking("delete", move || this.delete_task(req)).await
+    }
+
+    async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        self.close_task_io(req).map_err(ttrpc::Error::from)
     }
 
     async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {

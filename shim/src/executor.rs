@@ -180,7 +180,7 @@ fn build_container(
         .and_then(|a| a.get(crate::dispatch::SANDBOX_ID_ANNOTATION));
     crate::logging::for_container(&cfg.bundle, id, pod.map(String::as_str));
     let stdio = isolation::Stdio {
-        stdin: cfg.open_stdin().ok(),
+        stdin: open_stdin(&cfg.stdin),
         stdout: cfg.open_stdout().ok(),
         stderr: cfg.open_stderr().ok(),
     };
@@ -195,6 +195,28 @@ fn build_container(
             run_init(plan, template, &run_spec)
         },
     )?)
+}
+
+/// The container's stdin: the FIFO's read end only, so that the guest sees
+/// end-of-file once every writer is gone (the client's, and the daemon's
+/// until `Tasks.CloseIO`). Opened without waiting for a writer, then made
+/// blocking again for the guest.
+fn open_stdin(path: &std::path::Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if path.as_os_str().is_empty() {
+        return None;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| log::warn!("stdin {}: {e}", path.display()))
+        .ok()?;
+    let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).ok()?;
+    let mut flags = nix::fcntl::OFlag::from_bits_truncate(flags);
+    flags.remove(nix::fcntl::OFlag::O_NONBLOCK);
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags)).ok()?;
+    Some(file)
 }
 
 /// Reports an error to the shim log and the container's stderr.

@@ -540,3 +540,47 @@ async fn a_retagged_image_name_is_routed_by_its_new_image() {
     assert!(line.contains("known from containerd's events"), "{line}");
     env.assert_no_panic_logged();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_reaches_end_of_file_at_close_io_as_under_plain_runc() {
+    let env = TestEnv::new("deleg-stdin").await;
+    busybox(&env);
+    env.import_cmd_images();
+    let wc = "echo reading stdin; printf 'stdin: %s bytes\\n' $(wc -c)";
+    let cases = [
+        ("runc", sh(&env, "in-0", RUNC_RUNTIME, wc)),
+        ("delegated", sh(&env, "in-1", WASMHYBRID_RUNTIME, wc)),
+        (
+            "wasm",
+            env.opts("in-2", P1_ROOTFS, &["/wh-cmd.wasm", "stdin"]),
+        ),
+    ];
+    for (what, mut opts) in cases {
+        opts.stdin = true;
+        let mut running = env.start_ready(&opts, "reading stdin").await;
+        running
+            .write_stdin(b"hello stdin\n")
+            .await
+            .expect("write stdin");
+        // The client's writer is closed, but the shim's is held until
+        // Tasks.CloseIO (so a containerd restart is no end of input).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            running.status().await.expect("status"),
+            "RUNNING",
+            "{what}: no end-of-file before CloseIO"
+        );
+        running.close_stdin().await.expect("close stdin");
+        let code = tokio::time::timeout(Duration::from_secs(10), running.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no end-of-file after CloseIO"))
+            .expect("wait");
+        let (stdout, _, _) = running.delete().await.expect("delete");
+        assert_eq!(code, 0, "{what}");
+        assert!(
+            stdout.contains("stdin: 12 bytes"),
+            "{what}: the whole input: {stdout:?}"
+        );
+        assert!(env.leftovers(opts.id.as_str()).is_empty(), "{what}");
+    }
+}
