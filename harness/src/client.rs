@@ -22,9 +22,9 @@ use containerd_client::services::v1::snapshots::{
 use containerd_client::services::v1::{
     ApplyRequest, CloseIoRequest, Container, CreateContainerRequest, CreateTaskRequest,
     DeleteContainerRequest, DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest,
-    GetImageRequest, GetRequest, Info, KillRequest, MetricsRequest, PauseTaskRequest,
-    ReadContentRequest, ResumeTaskRequest, StartRequest, UpdateRequest, UpdateTaskRequest,
-    WaitRequest,
+    GetImageRequest, GetRequest, Info, KillRequest, ListPidsRequest, MetricsRequest,
+    PauseTaskRequest, ReadContentRequest, ResumeTaskRequest, StartRequest, UpdateRequest,
+    UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::services::v1::{
     CreateRequest as LeaseCreateRequest, DeleteRequest as LeaseDeleteRequest,
@@ -912,6 +912,21 @@ impl Running {
         })
         .await??;
         Ok(())
+    }
+
+    /// `Tasks.ListPids` (`ctr task ps`): the task's processes.
+    pub async fn pids(&self) -> Result<Vec<u32>> {
+        let req = ListPidsRequest {
+            container_id: self.id.clone(),
+        };
+        let resp = self
+            .ctrd
+            .client
+            .tasks()
+            .list_pids(with_namespace!(req, self.ctrd.ns))
+            .await
+            .map_err(|e| anyhow!("list pids of {}: {}", self.id, e.message()))?;
+        Ok(resp.into_inner().processes.iter().map(|p| p.pid).collect())
     }
 
     /// `Tasks.CloseIO` for stdin (what `ctr run -i` sends at its input's end).

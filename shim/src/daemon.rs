@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use containerd_shim::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, Empty, KillRequest, PauseRequest, ResumeRequest, ShutdownRequest, StartRequest,
-    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest,
-    WaitRequest, WaitResponse,
+    DeleteRequest, Empty, KillRequest, PauseRequest, PidsRequest, PidsResponse, ResumeRequest,
+    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest,
+    StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
@@ -30,7 +30,7 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::ttrpc;
 use containerd_shim::protos::ttrpc::asynchronous::TtrpcContext;
-use containerd_shim::protos::types::task::Status;
+use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{DeleteResponse, TtrpcResult};
 use containerd_shim_protos::shim::shim_ttrpc_async;
@@ -745,6 +745,20 @@ impl Tasks {
         })
     }
 
+    /// `Tasks.ListPids` (`ctr task ps`): the container's one process (Wasm
+    /// threads are its threads) until it exits.
+    fn list_pids(&self, req: PidsRequest) -> Result<PidsResponse, Error> {
+        let entry = self.entry(&req.id)?;
+        let mut resp = PidsResponse::new();
+        if entry.exited().is_none() {
+            resp.processes.push(ProcessInfo {
+                pid: entry.instance.pid(),
+                ..Default::default()
+            });
+        }
+        Ok(resp)
+    }
+
     /// `Tasks.CloseIO`: with `stdin`, lets the guest see end-of-file once
     /// the client's writers are gone too.
     fn close_task_io(&self, req: CloseIORequest) -> Result<Empty, Error> {
@@ -925,6 +939,10 @@ impl shim_ttrpc_async::Task for Tasks {
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         let this = self.clone();
         blocking("delete", move || this.delete_task(req)).await
+    }
+
+    async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        self.list_pids(req).map_err(ttrpc::Error::from)
     }
 
     async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {

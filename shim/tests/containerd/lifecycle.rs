@@ -196,6 +196,11 @@ async fn pause_freezes_and_resume_thaws_a_spinning_module() {
             "{image}: resume of a running task is refused"
         );
         assert!(runs(running.pid).await, "{image}: spins");
+        assert_eq!(
+            running.pids().await.expect("pids"),
+            [running.pid],
+            "{image}: ctr task ps lists its one process"
+        );
 
         running.pause().await.expect("pause");
         assert_eq!(running.status().await.expect("status"), "PAUSED", "{image}");
