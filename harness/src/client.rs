@@ -929,7 +929,7 @@ impl Running {
         Ok(resp.into_inner().processes.iter().map(|p| p.pid).collect())
     }
 
-    /// `Tasks.CloseIO` for stdin (what `ctr run -i` sends at its input's end).
+    /// `Tasks.CloseIO` for stdin (what the CRI sends when a `stdinOnce` attach ends).
     pub async fn close_stdin(&self) -> Result<()> {
         let req = CloseIoRequest {
             container_id: self.id.clone(),
@@ -946,7 +946,7 @@ impl Running {
     }
 
     /// `Tasks.Update` with `resources`, a runtime-spec `LinuxResources`
-    /// (as `ctr task update` and the CRI's `UpdateContainerResources` send).
+    /// (as `nerdctl update` and the CRI's `UpdateContainerResources` send).
     pub async fn update(&self, resources: serde_json::Value) -> Result<()> {
         let req = UpdateTaskRequest {
             container_id: self.id.clone(),

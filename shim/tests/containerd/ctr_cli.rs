@@ -71,6 +71,21 @@ async fn ctr_run_kill_and_delete() {
     assert!(o.status.success(), "ctr run -d: {}", text(&o));
     let o = ctr(&env, &["task", "ls"]);
     assert!(text(&o).contains("RUNNING"), "{}", text(&o));
+    // The task commands a user reaches for, as under runc.
+    let o = ctr(&env, &["task", "ps", "c3"]);
+    assert!(o.status.success(), "task ps: {}", text(&o));
+    assert_eq!(
+        text(&o).lines().count(),
+        2,
+        "a header and one process: {}",
+        text(&o)
+    );
+    for (verb, status) in [("pause", "PAUSED"), ("resume", "RUNNING")] {
+        let o = ctr(&env, &["task", verb, "c3"]);
+        assert!(o.status.success(), "task {verb}: {}", text(&o));
+        let o = ctr(&env, &["task", "ls"]);
+        assert!(text(&o).contains(status), "after {verb}: {}", text(&o));
+    }
     let o = ctr(&env, &["task", "kill", "--signal", "SIGTERM", "c3"]);
     assert!(o.status.success(), "kill: {}", text(&o));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -82,6 +97,7 @@ async fn ctr_run_kill_and_delete() {
     assert!(o.status.success(), "task delete: {}", text(&o));
     let o = ctr(&env, &["container", "delete", "c3"]);
     assert!(o.status.success(), "container delete: {}", text(&o));
+
     for id in ["c1", "c2", "c3"] {
         assert!(
             env.leftovers(id).is_empty(),
