@@ -432,7 +432,7 @@ fn stdin_keeper(path: &Path) -> Option<std::fs::File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(|e| log::warn!("stdin {}: {e}", path.display()))
         .ok()?;
@@ -805,29 +805,25 @@ impl Tasks {
         let entry = self.entry(id)?;
         RUNTIME.block_on(async {
             let mut phase = entry.phase.lock().await;
-            if frozen {
-                transition(&mut phase, Phase::Paused)?;
-            } else if *phase != Phase::Paused {
+            let was = *phase;
+            if !frozen && was != Phase::Paused {
                 return Err(Error::FailedPrecondition(format!(
-                    "invalid state transition: {:?} => Resumed: the task is not paused",
-                    *phase
+                    "invalid state transition: {was:?} => Resumed: the task is not paused"
                 )));
             }
-            let was = if frozen {
-                Phase::Started
-            } else {
-                Phase::Paused
-            };
+            transition(
+                &mut phase,
+                if frozen {
+                    Phase::Paused
+                } else {
+                    Phase::Started
+                },
+            )?;
             if let Err(e) = entry.instance.freeze(frozen) {
                 *phase = was;
                 return Err(e);
             }
             entry.paused.store(frozen, Ordering::Release);
-            *phase = if frozen {
-                Phase::Paused
-            } else {
-                Phase::Started
-            };
             Ok(())
         })?;
         if frozen {

@@ -208,7 +208,7 @@ fn open_stdin(path: &std::path::Path) -> Option<File> {
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| log::warn!("stdin {}: {e}", path.display()))
         .ok()?;

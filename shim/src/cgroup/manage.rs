@@ -329,29 +329,12 @@ impl ChildCgroup {
 /// through `FREEZING`; writing again retries it, as runc does).
 fn freeze_v1(dir: &Path, frozen: bool) -> Result<(), CgroupError> {
     let file = dir.join("freezer.state");
-    let want = if frozen { "FROZEN" } else { "THAWED" };
-    let deadline = Instant::now() + FREEZE_TIMEOUT;
-    loop {
+    let (want, thawed) = (if frozen { "FROZEN" } else { "THAWED" }, "THAWED");
+    settle(&file, frozen, thawed, || {
         write(&file, want)?;
         let now = std::fs::read_to_string(&file).map_err(io(&file))?;
-        if now.trim() == want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            if frozen {
-                let _ = write(&file, "THAWED");
-            }
-            return Err(CgroupError::Freezer {
-                path: file,
-                message: format!(
-                    "still {} after {} s, left thawed",
-                    now.trim(),
-                    FREEZE_TIMEOUT.as_secs()
-                ),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+        Ok((now.trim() != want).then(|| now.trim().to_string()))
+    })
 }
 
 /// v2: writes `cgroup.freeze` and waits for `frozen 1` (or `0`) in
@@ -361,22 +344,34 @@ fn freeze_v2(dir: &Path, frozen: bool) -> Result<(), CgroupError> {
     write(&file, if frozen { "1" } else { "0" })?;
     let events = dir.join("cgroup.events");
     let want = if frozen { "frozen 1" } else { "frozen 0" };
+    settle(&file, frozen, "0", || {
+        let now = std::fs::read_to_string(&events).map_err(io(&events))?;
+        let done = now.lines().any(|l| l.trim() == want);
+        Ok((!done).then(|| format!("no {want:?} in cgroup.events")))
+    })
+}
+
+/// Polls `pending` (what is still not as wanted, or `None`) every
+/// millisecond for up to [`FREEZE_TIMEOUT`]; a freeze that does not settle
+/// is undone by writing `thaw` to `file`.
+fn settle(
+    file: &Path,
+    frozen: bool,
+    thaw: &str,
+    mut pending: impl FnMut() -> Result<Option<String>, CgroupError>,
+) -> Result<(), CgroupError> {
     let deadline = Instant::now() + FREEZE_TIMEOUT;
     loop {
-        let now = std::fs::read_to_string(&events).map_err(io(&events))?;
-        if now.lines().any(|l| l.trim() == want) {
+        let Some(now) = pending()? else {
             return Ok(());
-        }
+        };
         if Instant::now() > deadline {
             if frozen {
-                let _ = write(&file, "0");
+                let _ = write(file, thaw);
             }
             return Err(CgroupError::Freezer {
-                path: events,
-                message: format!(
-                    "no {want:?} after {} s, left thawed",
-                    FREEZE_TIMEOUT.as_secs()
-                ),
+                path: file.to_path_buf(),
+                message: format!("{now} after {} s, left thawed", FREEZE_TIMEOUT.as_secs()),
             });
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -458,20 +453,21 @@ fn apply_v1(dirs: &[PathBuf], r: &LinuxResources) -> Result<(), CgroupError> {
     if let Some(m) = r.memory() {
         // memory + swap can never be below memory: in an update that
         // raises it, swap goes first (runc's order and rules).
+        // The current limit is read only when both are given.
         let memsw = "memory.memsw.limit_in_bytes";
-        let has_memsw = dirs.iter().any(|d| d.join(memsw).exists());
         let swap = match (m.limit(), m.swap()) {
-            (Some(-1), None) if has_memsw => Some(-1),
+            (Some(-1), None) if dirs.iter().any(|d| d.join(memsw).exists()) => Some(-1),
             (_, swap) => swap,
         };
-        let current = dirs
-            .iter()
-            .map(|d| d.join("memory.limit_in_bytes"))
-            .find_map(|p| std::fs::read_to_string(p).ok())
-            .and_then(|v| v.trim().parse::<i64>().ok());
-        let swap_first = match (m.limit(), swap, current) {
-            (Some(_), Some(-1), _) => true,
-            (Some(_), Some(swap), Some(current)) => current < swap,
+        let current = || {
+            dirs.iter()
+                .map(|d| d.join("memory.limit_in_bytes"))
+                .find_map(|p| std::fs::read_to_string(p).ok())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        let swap_first = match (m.limit(), swap) {
+            (Some(_), Some(-1)) => true,
+            (Some(_), Some(swap)) => current().is_some_and(|current| current < swap),
             _ => false,
         };
         let set_swap = || match swap {
@@ -759,29 +755,10 @@ mod tests {
         assert_eq!(shares_to_weight(0), 0);
     }
 
-    /// CPU ticks (utime + stime) a process has used so far.
-    fn cpu_ticks(pid: u32) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-        let after = stat.rsplit_once(')').expect("stat").1;
-        after
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .map(|v| v.parse::<u64>().expect("ticks"))
-            .sum()
-    }
+    use wasmhybrid_harness::cpu_ticks;
 
-    /// Whether `pid` uses CPU within 5 s (bounded, not a timing claim).
     fn runs(pid: u32) -> bool {
-        let before = cpu_ticks(pid);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-            if cpu_ticks(pid) > before {
-                return true;
-            }
-        }
-        false
+        wasmhybrid_harness::uses_cpu_within(pid, Duration::from_secs(5))
     }
 
     /// A spinning process in a fresh cgroup; killed and the cgroup removed

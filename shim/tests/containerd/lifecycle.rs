@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use wasmhybrid_harness::{cpu_ticks, uses_cpu_within};
+
 use crate::common::{P1_ROOTFS, P2_ROOTFS, TestEnv, stop};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,20 +147,6 @@ async fn sigterm_and_sigkill_stop_sleeping_and_spinning_modules() {
     }
 }
 
-/// CPU time (utime + stime, in clock ticks) a process has used so far.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
-    let after = stat.rsplit_once(')').expect("stat").1;
-    let fields: Vec<u64> = after
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|v| v.parse().expect("ticks"))
-        .collect();
-    fields.iter().sum()
-}
-
 /// CPU ticks `pid` uses over 400 ms.
 async fn ticks_over_400ms(pid: u32) -> u64 {
     let before = cpu_ticks(pid);
@@ -168,15 +156,9 @@ async fn ticks_over_400ms(pid: u32) -> u64 {
 
 /// Whether `pid` uses CPU within 10 s (bounded, not a timing claim).
 async fn runs(pid: u32) -> bool {
-    let before = cpu_ticks(pid);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if cpu_ticks(pid) > before {
-            return true;
-        }
-    }
-    false
+    tokio::task::spawn_blocking(move || uses_cpu_within(pid, Duration::from_secs(10)))
+        .await
+        .expect("poll CPU time")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
