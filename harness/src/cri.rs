@@ -41,11 +41,12 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ImageSpec as CriImageSpec, ImageStatusRequest, KeyValue,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StatusRequest, StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
+    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
+    VersionRequest,
 };
 
 /// The CRI API types (`k8s-cri`'s `runtime.v1`).
@@ -393,6 +394,8 @@ pub struct ContainerSpec {
     pub args: Vec<String>,
     pub envs: Vec<(String, String)>,
     pub annotations: HashMap<String, String>,
+    /// The memory limit (the kubelet's `resources.limits.memory`), bytes.
+    pub memory_limit: Option<i64>,
 }
 
 impl ContainerSpec {
@@ -412,6 +415,11 @@ impl ContainerSpec {
 
     pub fn annotate(mut self, key: &str, value: &str) -> Self {
         self.annotations.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    pub fn memory_limit(mut self, bytes: i64) -> Self {
+        self.memory_limit = Some(bytes);
         self
     }
 }
@@ -743,7 +751,10 @@ impl Cri {
                     ),
                     ..Default::default()
                 }),
-                ..Default::default()
+                resources: spec.memory_limit.map(|limit| LinuxContainerResources {
+                    memory_limit_in_bytes: limit,
+                    ..Default::default()
+                }),
             }),
             ..Default::default()
         };

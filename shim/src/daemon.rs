@@ -23,7 +23,7 @@ use containerd_shim::api::{
 };
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskPaused, TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -419,6 +419,36 @@ struct Entry {
     /// shim does), so that the guest sees end-of-file only after that, not
     /// whenever a client's writer goes away (e.g. containerd restarting).
     stdin: Mutex<Option<std::fs::File>>,
+    /// The task publishing its OOM kills ([`Tasks::watch_oom`]).
+    oom_task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Entry {
+    /// Stops publishing OOM kills (before the cgroup goes).
+    fn stop_oom_watch(&self) {
+        if let Some(task) = self
+            .oom_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.stop_oom_watch();
+    }
+}
+
+fn send_oom(events: &Events, id: &str) {
+    log::info!("{id}: OOM kill in the container's memory cgroup");
+    events.send(TaskOOM {
+        container_id: id.to_string(),
+        ..Default::default()
+    });
 }
 
 /// Opens the stdin FIFO's keep-alive write end (nothing for no stdin or a
@@ -560,11 +590,14 @@ impl Tasks {
             }
         }
         self.shared.group.unmark_pending(&id);
-        if let Err(e) = created {
-            logging::remove_container(&id);
-            self.shared.wake.notify_all();
-            return Err(e);
-        }
+        let entry = match created {
+            Ok(entry) => entry,
+            Err(e) => {
+                logging::remove_container(&id);
+                self.shared.wake.notify_all();
+                return Err(e);
+            }
+        };
         self.events.send(TaskCreate {
             container_id: req.id,
             bundle: req.bundle,
@@ -578,10 +611,27 @@ impl Tasks {
             .into(),
             ..Default::default()
         });
+        self.watch_oom(&entry, &id);
         Ok(CreateTaskResponse {
             pid: std::process::id(),
             ..Default::default()
         })
+    }
+
+    /// Publishes `TaskOOM` for each OOM kill in the container's memory
+    /// cgroup, from its creation until its deletion (as runc's shim does);
+    /// a kill is also looked for before `TaskExit` (see [`Tasks::start_task`]).
+    fn watch_oom(&self, entry: &Arc<Entry>, id: &str) {
+        let Some(watch) = entry.instance.oom() else {
+            return;
+        };
+        let (events, id) = (self.events.clone(), id.to_string());
+        let task = RUNTIME.spawn(async move {
+            while watch.notified().await.is_ok() {
+                watch.report_kills(true, || send_oom(&events, &id));
+            }
+        });
+        *entry.oom_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
     }
 
     fn create_entry(&self, req: &CreateTaskRequest) -> Result<Arc<Entry>, Error> {
@@ -638,6 +688,7 @@ impl Tasks {
             phase: tokio::sync::Mutex::new(Phase::Created),
             paused: AtomicBool::new(false),
             stdin: Mutex::new(stdin),
+            oom_task: Mutex::new(None),
         }))
     }
 
@@ -668,6 +719,11 @@ impl Tasks {
         let id = req.id;
         RUNTIME.spawn(async move {
             let (exit_status, at) = entry.wait().await;
+            // An OOM kill ends the process with SIGKILL; its report comes
+            // before the exit, whether or not the watch has woken yet.
+            if let Some(watch) = entry.instance.oom().filter(|_| exit_status == 137) {
+                watch.report_kills(false, || send_oom(&events, &id));
+            }
             events.send(TaskExit {
                 container_id: id.clone(),
                 id,
@@ -713,6 +769,7 @@ impl Tasks {
         RUNTIME.block_on(async {
             let mut phase = entry.phase.lock().await;
             transition(&mut phase, Phase::Deleting)?;
+            entry.stop_oom_watch();
             let res = entry.instance.delete().await;
             if res.is_err() {
                 let _ = transition(&mut phase, Phase::Exited);

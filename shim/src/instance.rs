@@ -35,6 +35,7 @@ use oci_spec::runtime::{LinuxResources, Spec};
 use tokio::io::unix::AsyncFd;
 
 use crate::cache::{Cache, CacheError, CacheSettings, Compiled, Fingerprint, Found, WasmDigest};
+use crate::cgroup::OomWatch;
 use crate::config::WorkloadConfig;
 use crate::dispatch::{self, DispatchError, WasmForm, WasmSource};
 use crate::engine::{EngineError, WasmEngine, Workload};
@@ -47,6 +48,8 @@ pub struct WasmInstance {
     id: String,
     exit_code: WaitableCell<(u32, DateTime<Utc>)>,
     container: std::sync::Mutex<Container>,
+    /// Its memory cgroup, watched for OOM kills.
+    oom: Option<Arc<OomWatch>>,
 }
 
 fn zygote_err(e: impl std::fmt::Display) -> SandboxError {
@@ -128,11 +131,20 @@ impl Instance for WasmInstance {
         })
         .await
         .map_err(|e| SandboxError::Others(format!("container setup: {e}")))??;
+        let oom = container
+            .memory_cgroup()
+            .and_then(|(dir, v2)| {
+                OomWatch::new(&dir, v2)
+                    .map_err(|e| log::warn!("{id}: OOM kills will not be reported: {e}"))
+                    .ok()
+            })
+            .map(Arc::new);
         log::debug!("created in {:?}", t0.elapsed());
         Ok(Self {
             id,
             exit_code: WaitableCell::new(),
             container: std::sync::Mutex::new(container),
+            oom,
         })
     }
 
@@ -215,6 +227,12 @@ impl WasmInstance {
             container.resume()
         }
         .map_err(isolation_err)
+    }
+
+    /// The watch on the container's memory cgroup for OOM kills (none
+    /// where the host has no memory controller).
+    pub fn oom(&self) -> Option<Arc<OomWatch>> {
+        self.oom.clone()
     }
 
     /// The container's process (created, not necessarily started).

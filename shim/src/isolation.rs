@@ -372,6 +372,11 @@ impl Container {
         Ok(())
     }
 
+    /// The container's memory cgroup: its directory, and whether v2.
+    pub fn memory_cgroup(&self) -> Option<(PathBuf, bool)> {
+        self.cgroup.memory_dir(self.pid)
+    }
+
     /// Applies new cgroup limits (`Tasks.Update`).
     pub fn update(&mut self, resources: &LinuxResources) -> Result<(), IsolationError> {
         self.cgroup.update(self.pid, resources)?;

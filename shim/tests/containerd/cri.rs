@@ -41,6 +41,20 @@ async fn import(env: &mut CriEnv, spec: ImageSpec) {
         .unwrap_or_else(|e| panic!("import {}: {e:#}", spec.name));
 }
 
+/// wh-cmd as a WASI p1 module and a p2 component, in rootfs images.
+async fn import_wh_cmd(env: &mut CriEnv) {
+    import(
+        env,
+        ImageSpec::rootfs(P1_ROOTFS, "wh-cmd.wasm", bytes(Fixture::CmdP1)),
+    )
+    .await;
+    import(
+        env,
+        ImageSpec::rootfs(P2_ROOTFS, "wh-cmd.wasm", bytes(Fixture::CmdP2)),
+    )
+    .await;
+}
+
 async fn run_pod(env: &mut CriEnv, name: &str, annotations: &[(&str, &str)]) -> Pod {
     let pod = env
         .cri
@@ -115,16 +129,7 @@ async fn remove_and_check(env: &mut CriEnv, pods: &[&Pod]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_command_pod_logs_and_exit_codes() {
     let mut env = start_env().await;
-    import(
-        &mut env,
-        ImageSpec::rootfs(P1_ROOTFS, "wh-cmd.wasm", bytes(Fixture::CmdP1)),
-    )
-    .await;
-    import(
-        &mut env,
-        ImageSpec::rootfs(P2_ROOTFS, "wh-cmd.wasm", bytes(Fixture::CmdP2)),
-    )
-    .await;
+    import_wh_cmd(&mut env).await;
     let pod = run_pod(&mut env, "wasm-cmd", &[]).await;
 
     let hello = ContainerSpec::new(
@@ -275,6 +280,100 @@ async fn wasm_http_pod_answers_on_its_pod_ip() {
     assert_eq!(code, 143, "SIGTERM ends the server with 128 + 15");
 
     remove_and_check(&mut env, &[&pod]).await;
+}
+
+/// A container killed by its memory limit's OOM killer is `OOMKilled` to
+/// the kubelet (the CRI plugin's reason, from the shim's `TaskOOM` event):
+/// the same for a Wasm container, a delegated native one and one under the
+/// plain runc handler. A Wasm container that stays under its limit, or is
+/// killed by StopContainer, is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_killed_under_a_memory_limit_as_under_runc() {
+    const LIMIT: i64 = 32 << 20;
+    let mut env = start_env().await;
+    import_wh_cmd(&mut env).await;
+    import(
+        &mut env,
+        ImageSpec::busybox(BUSYBOX).expect("busybox image"),
+    )
+    .await;
+    let pod = run_pod(&mut env, "oom", &[]).await;
+    let plain = env
+        .cri
+        .run_pod_sandbox("oom-runc", RUNC_HANDLER, &[])
+        .await
+        .expect("runc pod");
+    // Grows a shell variable until the limit kills it.
+    let grow = [
+        "/bin/sh",
+        "-c",
+        "x=0123456789abcdef; while :; do x=\"$x$x\"; done",
+    ];
+    let cases = [
+        (
+            &pod,
+            ContainerSpec::new("hog-p1", P1_ROOTFS, &["/wh-cmd.wasm", "alloc", "512"]),
+        ),
+        (
+            &pod,
+            ContainerSpec::new("hog-p2", P2_ROOTFS, &["/wh-cmd.wasm", "alloc", "512"]),
+        ),
+        (&pod, ContainerSpec::new("hog-native", BUSYBOX, &grow)),
+        (&plain, ContainerSpec::new("hog-runc", BUSYBOX, &grow)),
+    ];
+    for (pod, spec) in cases {
+        let spec = spec.memory_limit(LIMIT);
+        let id = run(&mut env, pod, &spec).await;
+        let mut status = env
+            .cri
+            .wait_exited(&id, EXIT_WITHIN)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\ncontainerd's log:\n{}", env.daemon.log()));
+        let wasm = spec.name.starts_with("hog-p");
+        if !wasm {
+            // runc's shim reports the kill from a watcher of its own, which
+            // may come after the exit: give it a moment. wasmhybrid's
+            // report comes before the exit, so a Wasm container is
+            // `OOMKilled` from the moment it has exited.
+            for _ in 0..50 {
+                if status.reason == "OOMKilled" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                status = env.cri.container_status(&id).await.expect("status");
+            }
+        }
+        let log = CriLog::read(&Cri::log_path(pod, &spec.name)).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            (status.exit_code, status.reason.as_str()),
+            (137, "OOMKilled"),
+            "{}: {status:?} {log:?}",
+            spec.name
+        );
+        if wasm {
+            // The Wasm guest got some way before the limit.
+            assert!(log.text("stdout").contains("allocated 16 MiB\n"), "{log:?}");
+        }
+    }
+
+    // Under the limit: completes, no OOM.
+    let small =
+        ContainerSpec::new("small", P1_ROOTFS, &["/wh-cmd.wasm", "alloc", "8"]).memory_limit(LIMIT);
+    let id = run(&mut env, &pod, &small).await;
+    let (code, log) = exited(&mut env, &pod, "small", &id).await;
+    assert_eq!(
+        (code, log.text("stdout").as_str()),
+        (0, "allocated 8 MiB in all\n")
+    );
+    // Killed by StopContainer: an error, not an OOM.
+    let sleeper = ContainerSpec::new("sleeper", P1_ROOTFS, &["/wh-cmd.wasm", "sleep", "600"])
+        .memory_limit(LIMIT);
+    let id = run(&mut env, &pod, &sleeper).await;
+    env.cri.stop_container(&id, 0).await.expect("stop");
+    let (code, _) = exited(&mut env, &pod, "sleeper", &id).await;
+    assert_eq!(code, 137);
+
+    remove_and_check(&mut env, &[&pod, &plain]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
