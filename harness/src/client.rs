@@ -23,8 +23,8 @@ use containerd_client::services::v1::{
     ApplyRequest, CloseIoRequest, Container, CreateContainerRequest, CreateTaskRequest,
     DeleteContainerRequest, DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest,
     GetImageRequest, GetRequest, Info, KillRequest, ListPidsRequest, MetricsRequest,
-    PauseTaskRequest, ReadContentRequest, ResumeTaskRequest, StartRequest, UpdateRequest,
-    UpdateTaskRequest, WaitRequest,
+    PauseTaskRequest, ReadContentRequest, ResizePtyRequest, ResumeTaskRequest, StartRequest,
+    UpdateRequest, UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::services::v1::{
     CreateRequest as LeaseCreateRequest, DeleteRequest as LeaseDeleteRequest,
@@ -117,6 +117,9 @@ pub struct RunOpts {
     pub memory_limit: Option<i64>,
     /// Give the task a stdin FIFO ([`Running::write_stdin`]).
     pub stdin: bool,
+    /// A terminal (`ctr run -t`): the spec's `process.terminal` and the
+    /// task's `terminal`; stdout carries both streams, stderr is not given.
+    pub terminal: bool,
 }
 
 impl RunOpts {
@@ -133,6 +136,7 @@ impl RunOpts {
             annotations: HashMap::new(),
             memory_limit: None,
             stdin: false,
+            terminal: false,
         }
     }
 
@@ -595,7 +599,7 @@ impl Ctrd {
         let mut spec = Spec::default();
         let default_process = spec.process().clone().unwrap_or_default();
         let process = ProcessBuilder::default()
-            .terminal(false)
+            .terminal(opts.terminal)
             .user(default_process.user().clone())
             .args(args)
             .env(env)
@@ -730,7 +734,12 @@ impl Ctrd {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             stdout: stdout.path.display().to_string(),
-            stderr: stderr.path.display().to_string(),
+            stderr: if opts.terminal {
+                String::new()
+            } else {
+                stderr.path.display().to_string()
+            },
+            terminal: opts.terminal,
             ..Default::default()
         };
         let created = self
@@ -927,6 +936,23 @@ impl Running {
             .await
             .map_err(|e| anyhow!("list pids of {}: {}", self.id, e.message()))?;
         Ok(resp.into_inner().processes.iter().map(|p| p.pid).collect())
+    }
+
+    /// `Tasks.ResizePty` (what `ctr` sends for its terminal's size).
+    pub async fn resize_pty(&self, width: u32, height: u32) -> Result<()> {
+        let req = ResizePtyRequest {
+            container_id: self.id.clone(),
+            exec_id: String::new(),
+            width,
+            height,
+        };
+        self.ctrd
+            .client
+            .tasks()
+            .resize_pty(with_namespace!(req, self.ctrd.ns))
+            .await
+            .map_err(|e| anyhow!("resize the terminal of {}: {}", self.id, e.message()))?;
+        Ok(())
     }
 
     /// `Tasks.CloseIO` for stdin (what the CRI sends when a `stdinOnce` attach ends).

@@ -396,6 +396,8 @@ pub struct ContainerSpec {
     pub annotations: HashMap<String, String>,
     /// The memory limit (the kubelet's `resources.limits.memory`), bytes.
     pub memory_limit: Option<i64>,
+    /// A terminal (the pod spec's `tty: true`).
+    pub tty: bool,
 }
 
 impl ContainerSpec {
@@ -420,6 +422,11 @@ impl ContainerSpec {
 
     pub fn memory_limit(mut self, bytes: i64) -> Self {
         self.memory_limit = Some(bytes);
+        self
+    }
+
+    pub fn tty(mut self) -> Self {
+        self.tty = true;
         self
     }
 }
@@ -737,6 +744,7 @@ impl Cri {
                 })
                 .collect(),
             annotations: spec.annotations.clone(),
+            tty: spec.tty,
             log_path: format!("{}.log", spec.name),
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {

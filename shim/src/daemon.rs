@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use containerd_shim::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, Empty, KillRequest, PauseRequest, PidsRequest, PidsResponse, ResumeRequest,
-    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest,
-    StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+    DeleteRequest, Empty, KillRequest, PauseRequest, PidsRequest, PidsResponse, ResizePtyRequest,
+    ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse,
+    StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
@@ -42,6 +42,7 @@ use crate::group::{ENV_DAEMON_LINGER_MS, Group, SOCKET_FD};
 use crate::instance::WasmInstance;
 use crate::launcher::Flags;
 use crate::logging;
+use crate::tty::Tty;
 
 // ---------------------------------------------------------------------------
 // The daemon process.
@@ -421,6 +422,8 @@ struct Entry {
     stdin: Mutex<Option<std::fs::File>>,
     /// The task publishing its OOM kills ([`Tasks::watch_oom`]).
     oom_task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Its terminal, when the task asked for one.
+    tty: Option<Tty>,
 }
 
 impl Entry {
@@ -641,11 +644,6 @@ impl Tasks {
                 "checkpoint is not supported".to_string(),
             )));
         }
-        if req.terminal {
-            return Err(Error::InvalidArgument(
-                "terminal is not supported for Wasm containers".to_string(),
-            ));
-        }
         if self.shared.tasks().entries.contains_key(&req.id) {
             return Err(Error::AlreadyExists(req.id.clone()));
         }
@@ -654,6 +652,17 @@ impl Tasks {
             .map_err(|e| Error::InvalidArgument(format!("could not load runtime spec: {e}")))?;
         spec.canonicalize_rootfs(&bundle)
             .map_err(|e| Error::InvalidArgument(format!("could not canonicalize rootfs: {e}")))?;
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        if terminal != req.terminal {
+            return Err(Error::InvalidArgument(format!(
+                "the task asks for terminal={} but the spec's process.terminal is {terminal}",
+                req.terminal
+            )));
+        }
         let rootfs = spec
             .root()
             .as_ref()
@@ -674,13 +683,30 @@ impl Tasks {
             stdin: req.stdin.clone().into(),
             config,
         };
-        let instance = RUNTIME.block_on(WasmInstance::new(req.id.clone(), &config))?;
+        // With a terminal, the container's stdio is its slave; the daemon
+        // copies between the FIFOs and the master.
+        let tty = terminal
+            .then(|| Tty::open().map_err(|e| Error::Others(format!("open a pseudo-terminal: {e}"))))
+            .transpose()?;
+        let mut own = config.clone();
+        if let Some(tty) = &tty {
+            own.stdin = tty.slave().to_path_buf();
+            own.stdout = tty.slave().to_path_buf();
+            own.stderr = tty.slave().to_path_buf();
+        }
+        let instance = RUNTIME.block_on(WasmInstance::new(req.id.clone(), &own))?;
         if let Err(e) = crate::hooks::prestart(&spec, &req.id, instance.pid(), &config.bundle) {
             // Never started: the process is killed, the cgroup removed.
             let _ = RUNTIME.block_on(instance.delete());
             return Err(e);
         }
         let stdin = stdin_keeper(&config.stdin);
+        if let Some(tty) = &tty
+            && let Err(e) = tty.start(&config.stdin, &config.stdout)
+        {
+            let _ = RUNTIME.block_on(instance.delete());
+            return Err(Error::Others(format!("terminal I/O: {e}")));
+        }
         Ok(Arc::new(Entry {
             instance,
             config,
@@ -689,6 +715,7 @@ impl Tasks {
             paused: AtomicBool::new(false),
             stdin: Mutex::new(stdin),
             oom_task: Mutex::new(None),
+            tty,
         }))
     }
 
@@ -719,6 +746,17 @@ impl Tasks {
         let id = req.id;
         RUNTIME.spawn(async move {
             let (exit_status, at) = entry.wait().await;
+            if entry.tty.is_some() {
+                // Everything the process wrote to its terminal reaches the
+                // stdout FIFO before its exit is published.
+                let drained = entry.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(tty) = &drained.tty {
+                        tty.finish(Duration::from_secs(2));
+                    }
+                })
+                .await;
+            }
             // An OOM kill ends the process with SIGKILL; its report comes
             // before the exit, whether or not the watch has woken yet.
             if let Some(watch) = entry.instance.oom().filter(|_| exit_status == 137) {
@@ -818,6 +856,18 @@ impl Tasks {
 
     /// `Tasks.CloseIO`: with `stdin`, lets the guest see end-of-file once
     /// the client's writers are gone too.
+    /// `Tasks.ResizePty`: the terminal's new size (nothing to do for a task
+    /// without one, as under runc).
+    fn resize_task_pty(&self, req: ResizePtyRequest) -> Result<Empty, Error> {
+        no_exec(&req.exec_id)?;
+        let entry = self.entry(&req.id)?;
+        if let Some(tty) = &entry.tty {
+            tty.resize(req.width, req.height)
+                .map_err(|e| Error::Others(format!("resize the terminal: {e}")))?;
+        }
+        Ok(Empty::new())
+    }
+
     fn close_task_io(&self, req: CloseIORequest) -> Result<Empty, Error> {
         no_exec(&req.exec_id)?;
         let entry = self.entry(&req.id)?;
@@ -996,6 +1046,10 @@ impl shim_ttrpc_async::Task for Tasks {
 
     async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         self.list_pids(req).map_err(ttrpc::Error::from)
+    }
+
+    async fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        self.resize_task_pty(req).map_err(ttrpc::Error::from)
     }
 
     async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {

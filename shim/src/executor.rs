@@ -179,10 +179,20 @@ fn build_container(
         .as_ref()
         .and_then(|a| a.get(crate::dispatch::SANDBOX_ID_ANNOTATION));
     crate::logging::for_container(&cfg.bundle, id, pod.map(String::as_str));
-    let stdio = isolation::Stdio {
-        stdin: open_stdin(&cfg.stdin),
-        stdout: cfg.open_stdout().ok(),
-        stderr: cfg.open_stderr().ok(),
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let stdio = if terminal {
+        // The daemon's pseudo-terminal slave, for all three.
+        terminal_stdio(&cfg.stdout)?
+    } else {
+        isolation::Stdio {
+            stdin: open_stdin(&cfg.stdin),
+            stdout: cfg.open_stdout().ok(),
+            stderr: cfg.open_stderr().ok(),
+        }
     };
     let run_spec = spec.clone();
     Ok(isolation::clone_container(
@@ -195,6 +205,23 @@ fn build_container(
             run_init(plan, template, &run_spec)
         },
     )?)
+}
+
+/// A terminal's slave as stdin, stdout and stderr (not made this
+/// process's controlling terminal: the container's process does that).
+fn terminal_stdio(slave: &std::path::Path) -> anyhow::Result<isolation::Stdio> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(slave)
+        .map_err(|e| anyhow::anyhow!("terminal {}: {e}", slave.display()))?;
+    Ok(isolation::Stdio {
+        stdin: Some(file.try_clone()?),
+        stdout: Some(file.try_clone()?),
+        stderr: Some(file),
+    })
 }
 
 /// The container's stdin: the FIFO's read end only, so that the guest sees

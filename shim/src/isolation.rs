@@ -497,6 +497,23 @@ fn setup(target: &Target<'_>, stdio: Stdio) -> Result<(), IsolationError> {
     }
     root_filesystem(bundle, spec)?;
     redirect_stdio(stdio)?;
+    if spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
+    {
+        // Its terminal (stdin) becomes its controlling terminal, so that
+        // Ctrl-C reaches it as SIGINT, as under runc.
+        nix::unistd::setsid().map_err(sys("setsid"))?;
+        // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal).
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(IsolationError::Sys {
+                what: "make the terminal the controlling terminal",
+                source: nix::Error::last(),
+            });
+        }
+    }
 
     let syscall = LinuxSyscall;
     let process = spec.process().as_ref();

@@ -73,6 +73,8 @@ pub mod templates;
 #[cfg(feature = "daemon")]
 pub mod tool;
 #[cfg(feature = "daemon")]
+pub mod tty;
+#[cfg(feature = "daemon")]
 pub mod watch;
 
 #[cfg(feature = "daemon")]

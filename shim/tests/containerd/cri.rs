@@ -173,6 +173,24 @@ async fn wasm_command_pod_logs_and_exit_codes() {
     assert_eq!(log.text("stdout"), "bye\n", "{log:?}");
     assert_dispatched(&env, &id, "dispatch: wasm: Wasm image localhost/wh/cmd-p1");
 
+    // `tty: true`: the guest's stdio is a terminal, its output (stderr's
+    // too) logged as stdout, lines ending at the terminal's `\r\n`.
+    let tty = ContainerSpec::new(
+        "tty",
+        P1_ROOTFS,
+        &["/wh-cmd.wasm", "tty", "--", "stderr", "to-stderr"],
+    )
+    .tty();
+    let id = run(&mut env, &pod, &tty).await;
+    let (code, log) = exited(&mut env, &pod, "tty", &id).await;
+    assert_eq!(code, 0, "{log:?}");
+    assert_eq!(
+        log.text("stdout"),
+        "stdin, stdout and stderr are terminals\nto-stderr\n",
+        "{log:?}"
+    );
+    assert_eq!(log.text("stderr"), "", "{log:?}");
+
     remove_and_check(&mut env, &[&pod]).await;
 }
 

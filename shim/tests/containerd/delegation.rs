@@ -584,3 +584,96 @@ async fn stdin_reaches_end_of_file_at_close_io_as_under_plain_runc() {
         assert!(env.leftovers(opts.id.as_str()).is_empty(), "{what}");
     }
 }
+
+/// The terminal size the kernel has for the terminal on `pid`'s stdin.
+fn winsize_of(pid: u32) -> (u16, u16) {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(format!("/proc/{pid}/fd/0"))
+        .expect("the container's stdin");
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into `size`.
+    let rc = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGWINSZ, &mut size) };
+    assert_eq!(rc, 0, "TIOCGWINSZ: {}", std::io::Error::last_os_error());
+    (size.ws_col, size.ws_row)
+}
+
+/// `ctr run -t`: a terminal as stdin, stdout and stderr, its size set by
+/// ResizePty, input ended by Ctrl-D, `\n` written as `\r\n`, everything
+/// written before the exit in the output; the same under plain runc, for a
+/// delegated container and for a Wasm one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_as_under_plain_runc() {
+    let env = TestEnv::new("deleg-tty").await;
+    busybox(&env);
+    env.import_cmd_images();
+    let script = "echo reading stdin; \
+                  [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo stdin, stdout and stderr are terminals; \
+                  printf 'stdin: %s bytes\n' $(wc -c); echo err >&2";
+    let cases = [
+        ("runc", sh(&env, "tty-0", RUNC_RUNTIME, script)),
+        ("delegated", sh(&env, "tty-1", WASMHYBRID_RUNTIME, script)),
+        (
+            "wasm",
+            env.opts(
+                "tty-2",
+                P1_ROOTFS,
+                // `stdin` says "reading stdin" first.
+                &["/wh-cmd.wasm", "tty", "--", "stdin", "--", "stderr", "err"],
+            ),
+        ),
+    ];
+    for (what, mut opts) in cases {
+        opts.stdin = true;
+        opts.terminal = true;
+        let mut running = env.start_ready(&opts, "reading stdin").await;
+        running.resize_pty(100, 40).await.expect("resize");
+        assert_eq!(winsize_of(running.pid), (100, 40), "{what}");
+        // A line, then Ctrl-D: end of input on a terminal.
+        running
+            .write_stdin(b"hello tty\n\x04")
+            .await
+            .expect("write stdin");
+        let code = tokio::time::timeout(Duration::from_secs(10), running.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: Ctrl-D did not end the input"))
+            .expect("wait");
+        let (stdout, stderr, _) = running.delete().await.expect("delete");
+        assert_eq!(code, 0, "{what}: {stdout:?}");
+        for line in [
+            "stdin, stdout and stderr are terminals\r\n",
+            "reading stdin\r\n",
+            "hello tty\r\n",
+            "stdin: 10 bytes",
+            "err\r\n",
+        ] {
+            assert!(stdout.contains(line), "{what}: {line:?} in {stdout:?}");
+        }
+        assert!(stdout.ends_with("err\r\n"), "{what}: all of it: {stdout:?}");
+        assert_eq!(stderr, "", "{what}: a terminal has no separate stderr");
+        assert!(env.leftovers(opts.id.as_str()).is_empty(), "{what}");
+    }
+
+    // Ctrl-C: the terminal is the Wasm process's controlling terminal, so
+    // the kernel sends it SIGINT (which ends it, 128 + 2, as a Wasm guest
+    // has no handler of its own).
+    let mut opts = env.opts("tty-3", P1_ROOTFS, &["/wh-cmd.wasm", "sleep", "600"]);
+    opts.stdin = true;
+    opts.terminal = true;
+    let mut running = env.start_ready(&opts, "sleeping").await;
+    running.write_stdin(b"\x03").await.expect("write stdin");
+    let code = tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("Ctrl-C ended it")
+        .expect("wait");
+    running.delete().await.expect("delete");
+    assert_eq!(code, 130);
+}
