@@ -98,7 +98,27 @@ async fn ctr_run_kill_and_delete() {
     let o = ctr(&env, &["container", "delete", "c3"]);
     assert!(o.status.success(), "container delete: {}", text(&o));
 
-    for id in ["c1", "c2", "c3"] {
+    // `ctr run -t`, from a terminal (`script` gives ctr one): the guest's
+    // stdio is a terminal, ctr's size reaches it, its exit code comes back.
+    let ctr_t = format!(
+        "ctr --address {} --namespace {} run -t --rm --runtime {RUNTIME} --platform wasi/wasm \
+         {IMAGE} c4 /wh-cmd.wasm tty -- exit 7",
+        env.daemon.address().display(),
+        env.ns
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &ctr_t, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script");
+    assert_eq!(o.status.code(), Some(7), "ctr run -t: {}", text(&o));
+    assert!(
+        text(&o).contains("stdin, stdout and stderr are terminals"),
+        "ctr run -t: {}",
+        text(&o)
+    );
+
+    for id in ["c1", "c2", "c3", "c4"] {
         assert!(
             env.leftovers(id).is_empty(),
             "{id}: {:?}",
