@@ -2,6 +2,7 @@
 # Installs what building and testing wasmhybrid needs on Debian 12, only
 # when it is missing: containerd and runc (the real runtime parts the tests
 # drive), the CNI plugins and iproute2 (the CRI tests' pod network),
+# bsdutils' script (a terminal for `ctr run -t`),
 # protobuf-compiler and libseccomp-dev (runwasi's crates build with
 # them), the wasm32 Rust targets for the fixtures, and the musl target the
 # shim's launcher is built for (scripts/build-shim.sh).
@@ -16,6 +17,8 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 [ -x /bin/busybox ] || need+=(busybox-static)
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need+=(containernetworking-plugins)
 command -v ip >/dev/null || need+=(iproute2)
+# `script` gives `ctr run -t` a terminal in the ctr test.
+command -v script >/dev/null || need+=(bsdutils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need[*]}; run as root or: sudo apt-get install ${need[*]}" >&2
