@@ -120,6 +120,9 @@ pub struct RunOpts {
     /// A terminal (`ctr run -t`): the spec's `process.terminal` and the
     /// task's `terminal`; stdout carries both streams, stderr is not given.
     pub terminal: bool,
+    /// A logging URI for stdout and stderr instead of FIFOs (`ctr run
+    /// --log-uri`: `file:///path`, `binary:///path?args`).
+    pub log_uri: Option<String>,
 }
 
 impl RunOpts {
@@ -137,6 +140,7 @@ impl RunOpts {
             memory_limit: None,
             stdin: false,
             terminal: false,
+            log_uri: None,
         }
     }
 
@@ -733,11 +737,14 @@ impl Ctrd {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
-            stdout: stdout.path.display().to_string(),
-            stderr: if opts.terminal {
-                String::new()
-            } else {
-                stderr.path.display().to_string()
+            stdout: match &opts.log_uri {
+                Some(uri) => uri.clone(),
+                None => stdout.path.display().to_string(),
+            },
+            stderr: match &opts.log_uri {
+                Some(uri) => uri.clone(),
+                None if opts.terminal => String::new(),
+                None => stderr.path.display().to_string(),
             },
             terminal: opts.terminal,
             ..Default::default()

@@ -424,6 +424,8 @@ struct Entry {
     oom_task: Mutex<Option<tokio::task::AbortHandle>>,
     /// Its terminal, when the task asked for one.
     tty: Option<Tty>,
+    /// The logging binary its output goes to (`binary://`).
+    logger: Mutex<Option<crate::stdio::Logger>>,
 }
 
 impl Entry {
@@ -688,11 +690,17 @@ impl Tasks {
         let tty = terminal
             .then(|| Tty::open().map_err(|e| Error::Others(format!("open a pseudo-terminal: {e}"))))
             .transpose()?;
+        let outputs = crate::stdio::resolve(&req.stdout, &req.stderr, &req.id, &config.namespace)
+            .map_err(Error::InvalidArgument)?;
+        let mut logger = outputs.logger;
         let mut own = config.clone();
         if let Some(tty) = &tty {
             own.stdin = tty.slave().to_path_buf();
             own.stdout = tty.slave().to_path_buf();
             own.stderr = tty.slave().to_path_buf();
+        } else {
+            own.stdout = outputs.stdout.clone();
+            own.stderr = outputs.stderr;
         }
         let instance = RUNTIME.block_on(WasmInstance::new(req.id.clone(), &own))?;
         if let Err(e) = crate::hooks::prestart(&spec, &req.id, instance.pid(), &config.bundle) {
@@ -702,10 +710,13 @@ impl Tasks {
         }
         let stdin = stdin_keeper(&config.stdin);
         if let Some(tty) = &tty
-            && let Err(e) = tty.start(&config.stdin, &config.stdout)
+            && let Err(e) = tty.start(&config.stdin, &outputs.stdout)
         {
             let _ = RUNTIME.block_on(instance.delete());
             return Err(Error::Others(format!("terminal I/O: {e}")));
+        }
+        if let Some(logger) = logger.as_mut() {
+            logger.handed_over();
         }
         Ok(Arc::new(Entry {
             instance,
@@ -716,6 +727,7 @@ impl Tasks {
             stdin: Mutex::new(stdin),
             oom_task: Mutex::new(None),
             tty,
+            logger: Mutex::new(logger),
         }))
     }
 
@@ -814,6 +826,15 @@ impl Tasks {
             }
             res
         })?;
+        // The logger takes the rest of the output and exits.
+        let logger = entry
+            .logger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut logger) = logger {
+            logger.finish();
+        }
         let pid = entry.pid.get().copied().unwrap_or_default();
         let (exit_status, at) = entry.exited().unzip();
         {

@@ -190,8 +190,8 @@ fn build_container(
     } else {
         isolation::Stdio {
             stdin: open_stdin(&cfg.stdin),
-            stdout: cfg.open_stdout().ok(),
-            stderr: cfg.open_stderr().ok(),
+            stdout: open_output(&cfg.stdout),
+            stderr: open_output(&cfg.stderr),
         }
     };
     let run_spec = spec.clone();
@@ -205,6 +205,16 @@ fn build_container(
             run_init(plan, template, &run_spec)
         },
     )?)
+}
+
+/// stdout or stderr (a FIFO, a file or a logger's pipe: [`crate::stdio`]).
+fn open_output(path: &std::path::Path) -> Option<File> {
+    if path.as_os_str().is_empty() {
+        return None;
+    }
+    crate::stdio::open_output(path)
+        .map_err(|e| log::warn!("output {}: {e}", path.display()))
+        .ok()
 }
 
 /// A terminal's slave as stdin, stdout and stderr (not made this

@@ -69,6 +69,8 @@ pub mod signals;
 #[cfg(feature = "daemon")]
 pub mod source;
 #[cfg(feature = "daemon")]
+pub mod stdio;
+#[cfg(feature = "daemon")]
 pub mod templates;
 #[cfg(feature = "daemon")]
 pub mod tool;

@@ -68,8 +68,7 @@ impl Tty {
         let output = if stdout.as_os_str().is_empty() {
             None
         } else {
-            // Read-write: opening a FIFO so never waits for a reader.
-            Some(File::options().read(true).write(true).open(stdout)?)
+            Some(crate::stdio::open_output(stdout)?)
         };
         let mut master = self.master.try_clone()?;
         let (done, drained) = std::sync::mpsc::channel();

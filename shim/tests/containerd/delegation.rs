@@ -677,3 +677,87 @@ async fn terminal_as_under_plain_runc() {
     running.delete().await.expect("delete");
     assert_eq!(code, 130);
 }
+
+/// `ctr run --log-uri` and `nerdctl run -d`: stdout and stderr to a file
+/// (`file://`) or through a logging binary (`binary://`, started as
+/// containerd's shims start it), the same for runc, a delegated container
+/// and a Wasm one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_uris_as_under_plain_runc() {
+    let env = TestEnv::new("deleg-loguri").await;
+    busybox(&env);
+    env.import_cmd_images();
+    let dir = env.daemon.dir().join("log-uri");
+    std::fs::create_dir_all(&dir).expect("dir");
+    // A logging binary: says who it serves, is ready (closes fd 5), copies
+    // fd 3 (stdout) and fd 4 (stderr) to files named by its arguments.
+    let logger = dir.join("logger.sh");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\n\
+         echo \"$1=$2 id=$CONTAINER_ID ns=$CONTAINER_NAMESPACE\" > \"$2.out\"\n\
+         exec 5>&-\n\
+         cat <&3 >> \"$2.out\" & cat <&4 > \"$2.err\"; wait\n",
+    )
+    .expect("logger");
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let script = "echo hello from wasm; echo to-stderr >&2";
+    let wasm = ["/wh-cmd.wasm", "hello", "--", "stderr", "to-stderr"];
+    for (i, (what, runtime)) in [
+        ("runc", RUNC_RUNTIME),
+        ("delegated", WASMHYBRID_RUNTIME),
+        ("wasm", WASMHYBRID_RUNTIME),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let opts = |id: &str| {
+            if what == "wasm" {
+                env.opts(id, P1_ROOTFS, &wasm)
+            } else {
+                sh(&env, id, runtime, script)
+            }
+        };
+        // file://: both streams appended, the directory made.
+        let file = dir.join(format!("{what}/new/c.log"));
+        let mut o = opts(&format!("file-{i}"));
+        o.log_uri = Some(format!("file://{}", file.display()));
+        let done = env.ctrd.run(&o).await.expect("run");
+        assert_eq!(done.exit_code, 0, "{what}");
+        let text = std::fs::read_to_string(&file).expect("log file");
+        assert_eq!(
+            text.lines().collect::<std::collections::BTreeSet<_>>(),
+            ["hello from wasm", "to-stderr"].into_iter().collect(),
+            "{what}: {text:?}"
+        );
+
+        // binary://
+        let base = dir.join(format!("{what}-bin"));
+        let id = format!("bin-{i}");
+        let mut o = opts(&id);
+        o.log_uri = Some(format!(
+            "binary://{}?out={}",
+            logger.display(),
+            base.display()
+        ));
+        let done = env.ctrd.run(&o).await.expect("run");
+        assert_eq!(done.exit_code, 0, "{what}");
+        let out = std::fs::read_to_string(base.with_extension("out")).expect("logger stdout");
+        let err = std::fs::read_to_string(base.with_extension("err")).expect("logger stderr");
+        assert_eq!(
+            (out.as_str(), err.as_str()),
+            (
+                format!(
+                    "out={} id={id} ns={}\nhello from wasm\n",
+                    base.display(),
+                    env.ns
+                )
+                .as_str(),
+                "to-stderr\n"
+            ),
+            "{what}"
+        );
+        assert!(env.leftovers(&id).is_empty(), "{what}");
+    }
+}
