@@ -676,6 +676,29 @@ async fn terminal_as_under_plain_runc() {
         .expect("wait");
     running.delete().await.expect("delete");
     assert_eq!(code, 130);
+
+    // stdin ends (the client's writer closed, then CloseIO, as when a
+    // `stdinOnce` attach ends): no hang-up, the task runs on, as under runc.
+    for (what, mut opts) in [
+        (
+            "runc",
+            sh(&env, "tty-4", RUNC_RUNTIME, "echo sleeping; sleep 600"),
+        ),
+        (
+            "wasm",
+            env.opts("tty-5", P1_ROOTFS, &["/wh-cmd.wasm", "sleep", "600"]),
+        ),
+    ] {
+        opts.stdin = true;
+        opts.terminal = true;
+        let mut running = env.start_ready(&opts, "sleeping").await;
+        running.write_stdin(b"").await.expect("write stdin");
+        running.close_stdin().await.expect("close stdin");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(running.status().await.expect("status"), "RUNNING", "{what}");
+        assert_eq!(stop(&mut running, 9).await, 137, "{what}");
+        running.delete().await.expect("delete");
+    }
 }
 
 /// `ctr run --log-uri` and `nerdctl run -d`: stdout and stderr to a file
