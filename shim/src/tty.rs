@@ -143,10 +143,12 @@ impl Drop for Tty {
 /// master then reads `EIO`).
 fn copy_output(master: &mut File, mut output: Option<File>) {
     let mut buf = [0u8; 8192];
-    loop {
+    let mut copied = 0usize;
+    let end = loop {
         match master.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => break "end of file".to_string(),
             Ok(n) => {
+                copied += n;
                 if let Some(out) = output.as_mut()
                     && let Err(e) = out.write_all(&buf[..n])
                 {
@@ -156,9 +158,10 @@ fn copy_output(master: &mut File, mut output: Option<File>) {
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             // EIO: no slave left open.
-            Err(_) => break,
+            Err(e) => break e.to_string(),
         }
-    }
+    };
+    log::info!("terminal output: {copied} bytes, ended by {end}");
 }
 
 /// stdin FIFO -> master, until the FIFO ends (every writer gone: the

@@ -182,13 +182,25 @@ async fn wasm_command_pod_logs_and_exit_codes() {
     )
     .tty();
     let id = run(&mut env, &pod, &tty).await;
-    let (code, log) = exited(&mut env, &pod, "tty", &id).await;
+    let (code, mut log) = exited(&mut env, &pod, "tty", &id).await;
     assert_eq!(code, 0, "{log:?}");
-    assert_eq!(
-        log.text("stdout"),
-        "stdin, stdout and stderr are terminals\nto-stderr\n",
-        "{log:?}"
-    );
+    let want = "stdin, stdout and stderr are terminals\nto-stderr\n";
+    // The CRI plugin writes the log as it reads the FIFO: allow it a moment.
+    for _ in 0..50 {
+        if log.text("stdout") == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log = CriLog::read(&Cri::log_path(&pod, "tty")).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let terminal_lines: Vec<String> = env
+        .daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("terminal"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(log.text("stdout"), want, "{log:?} {terminal_lines:#?}");
     assert_eq!(log.text("stderr"), "", "{log:?}");
 
     remove_and_check(&mut env, &[&pod]).await;
