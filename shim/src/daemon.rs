@@ -422,8 +422,11 @@ struct Entry {
     stdin: Mutex<Option<std::fs::File>>,
     /// The task publishing its OOM kills ([`Tasks::watch_oom`]).
     oom_task: Mutex<Option<tokio::task::AbortHandle>>,
-    /// Its terminal, when the task asked for one.
+    /// Its terminal, when the task asked for one, and whether its output
+    /// has been drained since the process exited (`Tasks.Wait` answers
+    /// after that, as `TaskExit` is published after it).
     tty: Option<Tty>,
+    drained: Option<tokio::sync::watch::Sender<bool>>,
     /// The logging binary its output goes to (`binary://`).
     logger: Mutex<Option<crate::stdio::Logger>>,
 }
@@ -726,6 +729,7 @@ impl Tasks {
             paused: AtomicBool::new(false),
             stdin: Mutex::new(stdin),
             oom_task: Mutex::new(None),
+            drained: tty.as_ref().map(|_| tokio::sync::watch::Sender::new(false)),
             tty,
             logger: Mutex::new(logger),
         }))
@@ -768,6 +772,9 @@ impl Tasks {
                     }
                 })
                 .await;
+                if let Some(drained) = &entry.drained {
+                    drained.send_replace(true);
+                }
             }
             // An OOM kill ends the process with SIGKILL; its report comes
             // before the exit, whether or not the watch has woken yet.
@@ -972,6 +979,9 @@ impl Tasks {
         no_exec(&req.exec_id)?;
         let entry = self.entry(&req.id)?;
         let (exit_status, at) = entry.wait().await;
+        if let Some(drained) = &entry.drained {
+            let _ = drained.subscribe().wait_for(|done| *done).await;
+        }
         Ok(WaitResponse {
             exit_status,
             exited_at: Some(timestamp(at)).into(),
