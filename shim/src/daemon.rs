@@ -422,11 +422,8 @@ struct Entry {
     stdin: Mutex<Option<std::fs::File>>,
     /// The task publishing its OOM kills ([`Tasks::watch_oom`]).
     oom_task: Mutex<Option<tokio::task::AbortHandle>>,
-    /// Its terminal, when the task asked for one, and whether its output
-    /// has been drained since the process exited (`Tasks.Wait` answers
-    /// after that, as `TaskExit` is published after it).
+    /// Its terminal, when the task asked for one.
     tty: Option<Tty>,
-    drained: Option<tokio::sync::watch::Sender<bool>>,
     /// The logging binary its output goes to (`binary://`).
     logger: Mutex<Option<crate::stdio::Logger>>,
 }
@@ -657,11 +654,7 @@ impl Tasks {
             .map_err(|e| Error::InvalidArgument(format!("could not load runtime spec: {e}")))?;
         spec.canonicalize_rootfs(&bundle)
             .map_err(|e| Error::InvalidArgument(format!("could not canonicalize rootfs: {e}")))?;
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
+        let terminal = crate::tty::requested(&spec);
         if terminal != req.terminal {
             return Err(Error::InvalidArgument(format!(
                 "the task asks for terminal={} but the spec's process.terminal is {terminal}",
@@ -696,16 +689,31 @@ impl Tasks {
         let outputs = crate::stdio::resolve(&req.stdout, &req.stderr, &req.id, &config.namespace)
             .map_err(Error::InvalidArgument)?;
         let mut logger = outputs.logger;
-        let mut own = config.clone();
-        if let Some(tty) = &tty {
-            own.stdin = tty.slave().to_path_buf();
-            own.stdout = tty.slave().to_path_buf();
-            own.stderr = tty.slave().to_path_buf();
-        } else {
-            own.stdout = outputs.stdout.clone();
-            own.stderr = outputs.stderr;
-        }
-        let instance = RUNTIME.block_on(WasmInstance::new(req.id.clone(), &own))?;
+        // The container's own stdio paths, where they are not containerd's
+        // FIFOs (the common case, which needs no copy of the config).
+        let streams = match &tty {
+            Some(tty) => Some([tty.slave(); 3].map(Path::to_path_buf)),
+            None if outputs.stdout != config.stdout || outputs.stderr != config.stderr => Some([
+                config.stdin.clone(),
+                outputs.stdout.clone(),
+                outputs.stderr.clone(),
+            ]),
+            None => None,
+        };
+        let own;
+        let instance_config = match streams {
+            Some([stdin, stdout, stderr]) => {
+                own = InstanceConfig {
+                    stdin,
+                    stdout,
+                    stderr,
+                    ..config.clone()
+                };
+                &own
+            }
+            None => &config,
+        };
+        let instance = RUNTIME.block_on(WasmInstance::new(req.id.clone(), instance_config))?;
         if let Err(e) = crate::hooks::prestart(&spec, &req.id, instance.pid(), &config.bundle) {
             // Never started: the process is killed, the cgroup removed.
             let _ = RUNTIME.block_on(instance.delete());
@@ -729,7 +737,6 @@ impl Tasks {
             paused: AtomicBool::new(false),
             stdin: Mutex::new(stdin),
             oom_task: Mutex::new(None),
-            drained: tty.as_ref().map(|_| tokio::sync::watch::Sender::new(false)),
             tty,
             logger: Mutex::new(logger),
         }))
@@ -762,19 +769,10 @@ impl Tasks {
         let id = req.id;
         RUNTIME.spawn(async move {
             let (exit_status, at) = entry.wait().await;
-            if entry.tty.is_some() {
+            if let Some(tty) = &entry.tty {
                 // Everything the process wrote to its terminal reaches the
                 // stdout FIFO before its exit is published.
-                let drained = entry.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    if let Some(tty) = &drained.tty {
-                        tty.finish(Duration::from_secs(2));
-                    }
-                })
-                .await;
-                if let Some(drained) = &entry.drained {
-                    drained.send_replace(true);
-                }
+                tty.drained().await;
             }
             // An OOM kill ends the process with SIGKILL; its report comes
             // before the exit, whether or not the watch has woken yet.
@@ -882,8 +880,6 @@ impl Tasks {
         Ok(resp)
     }
 
-    /// `Tasks.CloseIO`: with `stdin`, lets the guest see end-of-file once
-    /// the client's writers are gone too.
     /// `Tasks.ResizePty`: the terminal's new size (nothing to do for a task
     /// without one, as under runc).
     fn resize_task_pty(&self, req: ResizePtyRequest) -> Result<Empty, Error> {
@@ -896,6 +892,8 @@ impl Tasks {
         Ok(Empty::new())
     }
 
+    /// `Tasks.CloseIO`: with `stdin`, lets the guest see end-of-file once
+    /// the client's writers are gone too.
     fn close_task_io(&self, req: CloseIORequest) -> Result<Empty, Error> {
         no_exec(&req.exec_id)?;
         let entry = self.entry(&req.id)?;
@@ -979,8 +977,9 @@ impl Tasks {
         no_exec(&req.exec_id)?;
         let entry = self.entry(&req.id)?;
         let (exit_status, at) = entry.wait().await;
-        if let Some(drained) = &entry.drained {
-            let _ = drained.subscribe().wait_for(|done| *done).await;
+        if let Some(tty) = &entry.tty {
+            // As before `TaskExit`: the CRI plugin acts on `Wait`.
+            tty.drained().await;
         }
         Ok(WaitResponse {
             exit_status,

@@ -179,12 +179,7 @@ fn build_container(
         .as_ref()
         .and_then(|a| a.get(crate::dispatch::SANDBOX_ID_ANNOTATION));
     crate::logging::for_container(&cfg.bundle, id, pod.map(String::as_str));
-    let terminal = spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
-    let stdio = if terminal {
+    let stdio = if crate::tty::requested(&spec) {
         // The daemon's pseudo-terminal slave, for all three.
         terminal_stdio(&cfg.stdout)?
     } else {

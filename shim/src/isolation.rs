@@ -497,12 +497,7 @@ fn setup(target: &Target<'_>, stdio: Stdio) -> Result<(), IsolationError> {
     }
     root_filesystem(bundle, spec)?;
     redirect_stdio(stdio)?;
-    if spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false)
-    {
+    if crate::tty::requested(spec) {
         // Its terminal (stdin) becomes its controlling terminal, so that
         // Ctrl-C reaches it as SIGINT, as under runc.
         nix::unistd::setsid().map_err(sys("setsid"))?;

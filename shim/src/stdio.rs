@@ -81,6 +81,15 @@ fn plain(s: &str) -> Result<PathBuf, String> {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("stdio {s:?}: create {}: {e}", dir.display()))?;
             }
+            {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                File::options()
+                    .append(true)
+                    .create(true)
+                    .mode(0o640)
+                    .open(&path)
+                    .map_err(|e| format!("stdio {s:?}: {e}"))?;
+            }
             Ok(path)
         }
         other => Err(format!(
@@ -89,25 +98,12 @@ fn plain(s: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// Opens a container's stdout or stderr: a FIFO (or other special file)
-/// read-write, so that opening never waits for a reader; a regular file
-/// (made if missing) for appending.
+/// Opens a container's stdout or stderr with one `open`: read-write, so
+/// that opening a FIFO (or a logger's pipe) never waits for a reader, and
+/// appending, which a `file://` log needs (the daemon made the file) and a
+/// FIFO ignores.
 pub fn open_output(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let regular = match std::fs::metadata(path) {
-        Ok(m) => m.is_file(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-        Err(e) => return Err(e),
-    };
-    if regular {
-        File::options()
-            .append(true)
-            .create(true)
-            .mode(0o640)
-            .open(path)
-    } else {
-        File::options().read(true).write(true).open(path)
-    }
+    File::options().read(true).append(true).open(path)
 }
 
 /// A logging binary (`binary://`), fed by the container through two pipes.
@@ -275,6 +271,7 @@ mod tests {
     fn a_file_is_appended_to() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("c.log");
+        std::fs::write(&log, "").expect("made by resolve");
         for line in ["one\n", "two\n"] {
             std::io::Write::write_all(&mut open_output(&log).expect("open"), line.as_bytes())
                 .expect("write");

@@ -17,20 +17,32 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd as _, IntoRawFd as _, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::pty::{Winsize, grantpt, posix_openpt, ptsname_r, unlockpt};
+use oci_spec::runtime::Spec;
+use tokio::sync::watch;
+
+/// How long a task's exit waits for its terminal's output to end.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the spec asks for a terminal (`process.terminal`).
+pub fn requested(spec: &Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
+}
 
 /// A container's pseudo-terminal, held by the shim daemon.
 pub struct Tty {
     master: File,
     slave: PathBuf,
-    /// Answers once the output is copied to its end.
-    drained: Mutex<Option<Receiver<()>>>,
+    /// Closed (its sender dropped) once the output is copied to its end.
+    output_end: OnceLock<watch::Receiver<()>>,
     /// Dropping it stops the input copy.
     stop_input: Mutex<Option<OwnedFd>>,
 }
@@ -50,7 +62,7 @@ impl Tty {
         Ok(Self {
             master,
             slave,
-            drained: Mutex::new(None),
+            output_end: OnceLock::new(),
             stop_input: Mutex::new(None),
         })
     }
@@ -71,14 +83,14 @@ impl Tty {
             Some(crate::stdio::open_output(stdout)?)
         };
         let mut master = self.master.try_clone()?;
-        let (done, drained) = std::sync::mpsc::channel();
+        let (end, output_end) = watch::channel(());
         std::thread::Builder::new()
             .name("tty-out".into())
             .spawn(move || {
                 copy_output(&mut master, output);
-                let _ = done.send(());
+                drop(end);
             })?;
-        *self.drained.lock().unwrap_or_else(|e| e.into_inner()) = Some(drained);
+        let _ = self.output_end.set(output_end);
         if !stdin.as_os_str().is_empty() {
             let input = File::options()
                 .read(true)
@@ -107,23 +119,23 @@ impl Tty {
         Ok(())
     }
 
-    /// After the process exited: waits (up to `timeout`) until its output
-    /// is copied to its end, and stops the input copy.
-    pub fn finish(&self, timeout: Duration) {
+    /// After the process exited: stops the input copy and waits (up to 2 s)
+    /// until the output is copied to its end. Any number of callers (the
+    /// exit's publication, `Tasks.Wait`) may wait.
+    pub async fn drained(&self) {
         self.stop_input
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let drained = self
-            .drained
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(drained) = drained
-            && let Err(RecvTimeoutError::Timeout) = drained.recv_timeout(timeout)
-        {
+        let Some(end) = self.output_end.get() else {
+            return;
+        };
+        let mut end = end.clone();
+        // Nothing is ever sent: `changed` fails once the sender is dropped.
+        let ended = async { while end.changed().await.is_ok() {} };
+        if tokio::time::timeout(DRAIN_TIMEOUT, ended).await.is_err() {
             log::warn!(
-                "{}: the terminal's output did not end within {timeout:?}",
+                "{}: the terminal's output did not end within {DRAIN_TIMEOUT:?}",
                 self.slave.display()
             );
         }
@@ -230,7 +242,11 @@ mod tests {
             .expect("spawn");
         tty.start(Path::new(""), &out).expect("start");
         assert!(child.wait().expect("wait").success());
-        tty.finish(Duration::from_secs(5));
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(tty.drained());
         assert_eq!(
             std::fs::read_to_string(&out).expect("output"),
             "one\r\ntwo\r\n"

@@ -11,7 +11,6 @@
 //! counter, every wake-up is reported, as containerd's v1 watcher does.
 
 use std::fs::File;
-use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -146,24 +145,12 @@ impl OomWatch {
     }
 }
 
+/// The counter file's text: a few short lines, which cgroupfs returns
+/// whole from one read at offset 0.
 fn read(file: &File) -> String {
-    let mut buf = vec![0u8; 1024];
-    let mut len = 0;
-    loop {
-        match file.read_at(&mut buf[len..], len as u64) {
-            Ok(0) => break,
-            Ok(n) => {
-                len += n;
-                if len == buf.len() {
-                    buf.resize(len * 2, 0);
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    buf.truncate(len);
-    String::from_utf8_lossy(&buf).into_owned()
+    let mut buf = [0u8; 4096];
+    let n = file.read_at(&mut buf, 0).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 #[cfg(test)]
