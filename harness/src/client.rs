@@ -58,6 +58,21 @@ pub struct Ctrd {
     fifo_dir: Option<Arc<PathBuf>>,
 }
 
+/// Task exit events, from [`Ctrd::task_exits`].
+pub struct TaskExits {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Result<(String, u32)>>,
+}
+
+impl TaskExits {
+    /// The next exit: the container's id and its exit status.
+    pub async fn next(&mut self, timeout: Duration) -> Result<(String, u32)> {
+        tokio::time::timeout(timeout, self.rx.recv())
+            .await
+            .map_err(|_| anyhow!("no task exit event within {timeout:?}"))?
+            .ok_or_else(|| anyhow!("the event stream ended"))?
+    }
+}
+
 /// An image as containerd stores it, with its config parsed.
 #[derive(Debug, Clone)]
 pub struct ImageInfo {
@@ -294,6 +309,49 @@ impl Ctrd {
 
     pub fn namespace(&self) -> &str {
         &self.ns
+    }
+
+    /// Follows the task exit events containerd forwards for this namespace
+    /// from now on. (containerd answers a subscription only with its first
+    /// event, so the stream is read by a task of its own; the request is
+    /// on its way when this returns, ahead of any later request.)
+    pub fn task_exits(&self) -> TaskExits {
+        let req = containerd_client::services::v1::SubscribeRequest {
+            filters: vec![format!("namespace=={},topic==\"/tasks/exit\"", self.ns)],
+        };
+        let client = self.client.clone();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let decode = |envelope: containerd_client::types::Envelope| -> Result<(String, u32)> {
+                let event = envelope
+                    .event
+                    .ok_or_else(|| anyhow!("an envelope without its event"))?;
+                let exit = <containerd_client::events::TaskExit as prost::Message>::decode(
+                    event.value.as_slice(),
+                )
+                .context("decode TaskExit")?;
+                Ok((exit.container_id, exit.exit_status))
+            };
+            let mut stream = match client.events().subscribe(req).await {
+                Ok(response) => response.into_inner(),
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow!("subscribe to task exit events: {e}")));
+                    return;
+                }
+            };
+            loop {
+                let next = match stream.message().await {
+                    Ok(Some(envelope)) => decode(envelope),
+                    Ok(None) => Err(anyhow!("the event stream ended")),
+                    Err(e) => Err(anyhow!("event stream: {e}")),
+                };
+                let end = next.is_err();
+                if tx.send(next).is_err() || end {
+                    return;
+                }
+            }
+        });
+        TaskExits { rx }
     }
 
     /// A request in our namespace, optionally under a lease that keeps the

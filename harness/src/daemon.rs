@@ -194,7 +194,14 @@ impl PrivateContainerd {
     /// Stops containerd (SIGTERM) and starts it again on the same dirs.
     /// Running shims and their containers survive, as in production.
     pub fn restart(&mut self) -> Result<()> {
+        self.restart_after(|| ())
+    }
+
+    /// Stops containerd, runs `down` while it is stopped, and starts it
+    /// again on the same dirs.
+    pub fn restart_after(&mut self, down: impl FnOnce()) -> Result<()> {
         self.stop();
+        down();
         self.spawn()
     }
 

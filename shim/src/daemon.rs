@@ -143,7 +143,13 @@ fn serve(flags: &Flags) -> Result<(), ServeError> {
             address: ttrpc_address.clone(),
             source,
         })?;
-    let events = Arc::new(Events::new(shared.namespace.clone(), publisher));
+    let events = Arc::new(Events::new(Publisher {
+        address: ttrpc_address,
+        namespace: shared.namespace.clone(),
+        client: Some(publisher),
+        failing_since: None,
+        dropped: 0,
+    }));
     let tasks = Tasks {
         shared: shared.clone(),
         events: events.clone(),
@@ -345,24 +351,110 @@ struct Events {
 }
 
 enum Publish {
-    Event(String, Box<dyn MessageDyn + Send>),
+    Event(String, Box<dyn MessageDyn>),
     /// Answers once every event before it is published.
     Flush(std::sync::mpsc::Sender<()>),
 }
 
+/// How long an event is retried while containerd does not take it (it is
+/// restarting: an upgrade, a config change, the node installer); later
+/// events wait behind it, so that containerd gets them in order. After
+/// that, events are dropped, each after one try, until containerd is back.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
+
+/// containerd's time to take one event.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The connection events go over, made again when containerd restarts
+/// (its socket is new; `RemotePublisher` never reconnects by itself).
+struct Publisher {
+    address: String,
+    namespace: String,
+    client: Option<RemotePublisher>,
+    /// Since when containerd has not taken an event.
+    failing_since: Option<Instant>,
+    /// Events dropped in this outage.
+    dropped: usize,
+}
+
+impl Publisher {
+    fn publish(&mut self, topic: &str, event: &dyn MessageDyn) {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let error = match self.try_publish(topic, event) {
+                Ok(()) => {
+                    if let Some(since) = self.failing_since.take() {
+                        log::info!(
+                            "containerd takes events again after {:.1} s ({} dropped meanwhile)",
+                            since.elapsed().as_secs_f64(),
+                            std::mem::take(&mut self.dropped)
+                        );
+                    }
+                    return;
+                }
+                Err(Rejected(e)) => {
+                    log::warn!("containerd refused event {topic}: {e}");
+                    return;
+                }
+                Err(Unreachable(e)) => e,
+            };
+            self.client = None;
+            let since = *self.failing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= PUBLISH_PATIENCE {
+                self.dropped += 1;
+                log::warn!(
+                    "cannot publish {topic}: containerd unreachable for {:.0} s: {error}",
+                    since.elapsed().as_secs_f64()
+                );
+                return;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    fn try_publish(&mut self, topic: &str, event: &dyn MessageDyn) -> Result<(), PublishError> {
+        let client = match &mut self.client {
+            Some(client) => client,
+            None => self.client.insert(
+                RemotePublisher::new(&self.address).map_err(|e| Unreachable(e.to_string()))?,
+            ),
+        };
+        let ctx = ttrpc::context::with_timeout(PUBLISH_TIMEOUT.as_nanos() as i64);
+        match client.publish(ctx, topic, &self.namespace, event.clone_box()) {
+            Ok(()) => Ok(()),
+            Err(containerd_shim::Error::Ttrpc(ttrpc::Error::RpcStatus(status)))
+                if !matches!(
+                    status.code(),
+                    ttrpc::Code::DEADLINE_EXCEEDED
+                        | ttrpc::Code::UNAVAILABLE
+                        | ttrpc::Code::CANCELLED
+                ) =>
+            {
+                Err(Rejected(status.message().to_string()))
+            }
+            Err(e) => Err(Unreachable(e.to_string())),
+        }
+    }
+}
+
+/// Why containerd did not take an event.
+enum PublishError {
+    /// It answered with an error: trying again would not help.
+    Rejected(String),
+    /// No answer: it is down or restarting.
+    Unreachable(String),
+}
+use PublishError::{Rejected, Unreachable};
+
 impl Events {
-    fn new(namespace: String, publisher: RemotePublisher) -> Self {
+    fn new(publisher: Publisher) -> Self {
         let (queue, rx) = std::sync::mpsc::channel::<Publish>();
+        let mut publisher = publisher;
         std::thread::spawn(move || {
             for item in rx {
                 match item {
-                    Publish::Event(topic, event) => {
-                        if let Err(e) =
-                            publisher.publish(Default::default(), &topic, &namespace, event)
-                        {
-                            log::warn!("cannot publish {topic}: {e}");
-                        }
-                    }
+                    Publish::Event(topic, event) => publisher.publish(&topic, &*event),
                     Publish::Flush(done) => {
                         let _ = done.send(());
                     }

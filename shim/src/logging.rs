@@ -20,7 +20,9 @@ use std::path::Path;
 use std::str::FromStr as _;
 use std::sync::Mutex;
 
-/// A log FIFO and the container it belongs to (empty: the daemon's first).
+/// A log FIFO and the container it belongs to (empty: the FIFO of the
+/// container whose `start` spawned the daemon, opened before the daemon
+/// knows it; that container has a sink of its own too).
 struct Sink {
     id: String,
     fifo: File,
@@ -140,16 +142,21 @@ impl log::Log for Logger {
         }
         let mut state = state();
         let line = format_line(record.level(), &state.fields, &record.args().to_string());
-        // The newest FIFO first; one whose reader is gone is dropped. A
-        // full pipe (containerd not keeping up) drops the line instead of
-        // stalling the daemon.
-        while let Some(sink) = state.sinks.last_mut() {
-            match sink.fifo.write(line.as_bytes()) {
+        // The newest FIFO first. A full pipe (containerd not keeping up)
+        // drops the line instead of stalling the daemon. A FIFO without a
+        // reader (EPIPE) is skipped: a live container's is kept, as
+        // containerd reads it again once it restarts; the daemon's first,
+        // which outlives its container, is dropped.
+        let mut i = state.sinks.len();
+        while i > 0 {
+            i -= 1;
+            match state.sinks[i].fifo.write(line.as_bytes()) {
                 Ok(_) => return,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    state.sinks.pop();
+                Err(_) if state.sinks[i].id.is_empty() => {
+                    state.sinks.remove(i);
                 }
+                Err(_) => {}
             }
         }
     }
@@ -160,6 +167,54 @@ impl log::Log for Logger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// containerd stops (its reader of a container's FIFO is gone) and
+    /// starts again (it opens the FIFO again): the container's lines reach
+    /// it again; only those written in between are lost.
+    #[test]
+    fn a_containers_fifo_is_written_again_after_containerd_restarts() {
+        use log::Log as _;
+        use std::io::Read as _;
+        let bundle = tempfile::tempdir().expect("tempdir");
+        let fifo = bundle.path().join("log");
+        let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
+        let open_reader = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .expect("open the reader")
+        };
+        let line = |text: &str| {
+            log::set_max_level(log::LevelFilter::Info);
+            LOGGER.log(
+                &log::Record::builder()
+                    .level(log::Level::Info)
+                    .args(format_args!("{text}"))
+                    .build(),
+            );
+        };
+        let read_all = |reader: &mut File| {
+            let mut out = String::new();
+            let _ = reader.read_to_string(&mut out);
+            out
+        };
+
+        let mut reader = open_reader();
+        add_container("restart-test", bundle.path());
+        line("before");
+        assert!(read_all(&mut reader).contains("msg=\"before\""));
+        drop(reader);
+        line("while containerd is down");
+        let mut reader = open_reader();
+        line("after");
+        let out = read_all(&mut reader);
+        remove_container("restart-test");
+        assert!(out.contains("msg=\"after\""), "{out:?}");
+        assert!(!out.contains("down"), "{out:?}");
+    }
 
     #[test]
     fn lines_are_logfmt_with_quotes_escaped() {

@@ -304,6 +304,18 @@ async fn wasm_http_pod_answers_on_its_pod_ip() {
         "dispatch: wasm: Wasm image localhost/wh/http:rootfs",
     );
 
+    // containerd restarts under the pod (an upgrade, the node installer):
+    // the server answers on, the CRI plugin finds it running, and stops
+    // it later as before.
+    env.restart().await.expect("restart containerd");
+    assert_eq!(get(&ip, "/after-restart").await.status, 200);
+    let status = env.cri.container_status(&id).await.expect("status");
+    assert_eq!(
+        status.state,
+        ContainerState::ContainerRunning as i32,
+        "{status:?}"
+    );
+
     // StopContainer: SIGTERM, as the kubelet sends it.
     env.cri.stop_container(&id, 10).await.expect("stop");
     let (code, _) = exited(&mut env, &pod, "web", &id).await;

@@ -229,3 +229,147 @@ async fn pause_freezes_and_resume_thaws_a_spinning_module() {
         assert!(left.is_empty(), "{image}: left behind: {left:?}");
     }
 }
+
+/// containerd restarts (an upgrade, a config change, the node installer)
+/// under running Wasm containers: they run on under the same daemon, a
+/// running one still answers status, pause, resume and kill, one that exits
+/// while containerd is down reports its exit code afterwards, and both are
+/// deleted as before, leaving nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_containers_survive_a_containerd_restart() {
+    let mut env = TestEnv::new("life-restart").await;
+    env.import_cmd_images();
+    let mut long = env
+        .start_ready(
+            &env.opts("survivor", P2_ROOTFS, &["/wh-cmd.wasm", "spin", "3600"]),
+            "spin",
+        )
+        .await;
+    let mut short = env
+        .start_ready(
+            &env.opts(
+                "exits-while-down",
+                P1_ROOTFS,
+                &["/wh-cmd.wasm", "sleep", "1", "--", "exit", "7"],
+            ),
+            "sleeping",
+        )
+        .await;
+    let mut trapping = env
+        .start_ready(
+            &env.opts(
+                "traps-while-down",
+                P1_ROOTFS,
+                &["/wh-cmd.wasm", "sleep", "1", "--", "trap"],
+            ),
+            "sleeping",
+        )
+        .await;
+    let mut reader_opts = env.opts("reader", P1_ROOTFS, &["/wh-cmd.wasm", "stdin"]);
+    reader_opts.stdin = true;
+    let mut reader = env.start_ready(&reader_opts, "reading stdin").await;
+    reader.write_stdin(b"before\n").await.expect("write stdin");
+    let daemons = env.shim_daemons();
+    assert_eq!(daemons.len(), 1, "one shim daemon: {daemons:?}");
+
+    let pids = [short.pid, trapping.pid];
+    env.daemon
+        .restart_after(|| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            for pid in pids {
+                while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    assert!(Instant::now() < deadline, "the short modules did not exit");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+        .expect("restart containerd");
+    env.reconnect().await;
+    long.reconnect(&env.ctrd);
+    short.reconnect(&env.ctrd);
+    trapping.reconnect(&env.ctrd);
+    reader.reconnect(&env.ctrd);
+    assert_eq!(env.shim_daemons(), daemons, "the same daemon serves them");
+    // What containerd logged since it restarted.
+    let since_restart = |env: &TestEnv| {
+        let log = env.daemon.log();
+        let at = log.rfind("starting containerd").unwrap_or(0);
+        log[at..].to_string()
+    };
+    // The daemon held the exit events of the two modules while containerd
+    // was down and published them once it was back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !since_restart(&env).contains("containerd takes events again") {
+        assert!(
+            Instant::now() < deadline,
+            "the exits while containerd was down were never published:\n{}",
+            since_restart(&env)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And it publishes new events over its new connection.
+    let mut exits = env.ctrd.task_exits();
+
+    assert_eq!(short.status().await.expect("status"), "STOPPED");
+    let code = tokio::time::timeout(Duration::from_secs(10), short.wait())
+        .await
+        .expect("the exit is known")
+        .expect("wait");
+    assert_eq!(
+        code, 7,
+        "the exit code of a module that ended while containerd was down"
+    );
+    let (stdout, _, _) = short.delete().await.expect("delete");
+    assert!(stdout.contains("sleeping 1s"), "{stdout:?}");
+    assert_eq!(
+        trapping.wait().await.expect("wait"),
+        134,
+        "a trap while containerd was down"
+    );
+    let (_, stderr, _) = trapping.delete().await.expect("delete");
+    assert!(stderr.contains("Wasm trap"), "{stderr:?}");
+
+    assert_eq!(long.status().await.expect("status"), "RUNNING");
+    assert!(runs(long.pid).await, "still spinning after the restart");
+    long.pause().await.expect("pause");
+    assert_eq!(long.status().await.expect("status"), "PAUSED");
+    long.resume().await.expect("resume");
+    assert_eq!(stop(&mut long, 15).await, 143);
+    assert_eq!(
+        exits.next(Duration::from_secs(10)).await.expect("TaskExit"),
+        ("survivor".to_string(), 143),
+        "containerd is told of an exit after its restart"
+    );
+    long.delete().await.expect("delete");
+    // Input across the restart, to its end at CloseIO.
+    reader.write_stdin(b"after\n").await.expect("write stdin");
+    reader.close_stdin().await.expect("close stdin");
+    let code = tokio::time::timeout(Duration::from_secs(10), reader.wait())
+        .await
+        .expect("end of input after CloseIO")
+        .expect("wait");
+    let (stdout, _, _) = reader.delete().await.expect("delete");
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("stdin: 13 bytes"),
+        "the whole input: {stdout:?}"
+    );
+    // The daemon's log reaches containerd again, from the daemon and from
+    // the container's own process.
+    let log = since_restart(&env);
+    for line in [
+        "sending signal 15 to instance: survivor",
+        "instance=\"reader\" msg=\"WASI preview 1 module exited with code 0\"",
+    ] {
+        assert!(
+            log.contains(line),
+            "{line:?} not logged after the restart:\n{log}"
+        );
+    }
+
+    for id in ["survivor", "exits-while-down", "traps-while-down", "reader"] {
+        let left = env.leftovers(id);
+        assert!(left.is_empty(), "{id}: left behind: {left:?}");
+    }
+    env.assert_no_panic_logged();
+}
