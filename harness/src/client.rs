@@ -20,11 +20,11 @@ use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    ApplyRequest, CloseIoRequest, Container, CreateContainerRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest,
-    GetImageRequest, GetRequest, Info, KillRequest, ListPidsRequest, MetricsRequest,
-    PauseTaskRequest, ReadContentRequest, ResizePtyRequest, ResumeTaskRequest, StartRequest,
-    UpdateRequest, UpdateTaskRequest, WaitRequest,
+    ApplyRequest, CheckpointTaskRequest, CloseIoRequest, Container, CreateContainerRequest,
+    CreateTaskRequest, DeleteContainerRequest, DeleteProcessRequest, DeleteTaskRequest,
+    ExecProcessRequest, GetImageRequest, GetRequest, Info, KillRequest, ListPidsRequest,
+    MetricsRequest, PauseTaskRequest, ReadContentRequest, ResizePtyRequest, ResumeTaskRequest,
+    StartRequest, UpdateRequest, UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::services::v1::{
     CreateRequest as LeaseCreateRequest, DeleteRequest as LeaseDeleteRequest,
@@ -1093,6 +1093,21 @@ impl Running {
     }
 
     /// Runs `args` in the running container; returns (exit code, stdout).
+    /// Asks containerd to checkpoint the task.
+    pub async fn checkpoint(&self) -> Result<()> {
+        let req = CheckpointTaskRequest {
+            container_id: self.id.clone(),
+            ..Default::default()
+        };
+        self.ctrd
+            .client
+            .tasks()
+            .checkpoint(with_namespace!(req, self.ctrd.ns))
+            .await
+            .context("checkpoint")?;
+        Ok(())
+    }
+
     pub async fn exec(&self, exec_id: &str, args: &[&str]) -> Result<(u32, String)> {
         let io_dir = self.ctrd.io_dir("wasmhybrid-exec-")?;
         let mut stdout = Fifo::create(io_dir.path().join("stdout"))?;

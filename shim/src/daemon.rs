@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use containerd_shim::api::{
-    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, Empty, KillRequest, PauseRequest, PidsRequest, PidsResponse, ResizePtyRequest,
-    ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse,
-    StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+    CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
+    CreateTaskResponse, DeleteRequest, Empty, ExecProcessRequest, KillRequest, PauseRequest,
+    PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest,
+    WaitRequest, WaitResponse,
 };
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
@@ -1164,6 +1165,25 @@ impl shim_ttrpc_async::Task for Tasks {
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         let this = self.clone();
         blocking("delete", move || this.delete_task(req)).await
+    }
+
+    async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+            ttrpc::Code::UNIMPLEMENTED,
+            format!(
+                "exec in Wasm container {}: it runs one Wasm module and has no programs to \
+                 exec; for a shell beside it, run a native container in its pod \
+                 (`kubectl debug --image=...`), which wasmhybrid runs under runc",
+                req.id
+            ),
+        )))
+    }
+
+    async fn checkpoint(&self, _: &TtrpcContext, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+            ttrpc::Code::UNIMPLEMENTED,
+            format!("checkpoint of Wasm container {}: not supported", req.id),
+        )))
     }
 
     async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {

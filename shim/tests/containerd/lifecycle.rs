@@ -68,6 +68,22 @@ async fn long_and_short_side_by_side_then_nothing_left() {
         "the namespace's one daemon served the short containers too"
     );
 
+    // Exec: refused, saying why and what to do instead; checkpoint too.
+    let err = long
+        .exec("shell", &["/bin/sh"])
+        .await
+        .expect_err("exec into a Wasm container");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("has no programs to exec") && err.contains("kubectl debug"),
+        "{err}"
+    );
+    let err = format!("{:#}", long.checkpoint().await.expect_err("checkpoint"));
+    assert!(
+        err.contains("Unimplemented") && err.contains("checkpoint of Wasm container long"),
+        "{err}"
+    );
+
     let code = stop(&mut long, 15).await;
     assert_eq!(code, 143);
     long.delete().await.expect("delete");
@@ -232,9 +248,12 @@ async fn pause_freezes_and_resume_thaws_a_spinning_module() {
 
 /// containerd restarts (an upgrade, a config change, the node installer)
 /// under running Wasm containers: they run on under the same daemon, a
-/// running one still answers status, pause, resume and kill, one that exits
-/// while containerd is down reports its exit code afterwards, and both are
-/// deleted as before, leaving nothing.
+/// running one still answers status, pause, resume and kill, one reading
+/// stdin gets input from before and after the restart up to `CloseIO`, two
+/// that exit (one trapping) while containerd is down report their exit
+/// codes afterwards, containerd gets their exit events when it is back and
+/// new ones after, the daemon's log reaches it again, and all are deleted
+/// as before, leaving nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_containers_survive_a_containerd_restart() {
     let mut env = TestEnv::new("life-restart").await;
