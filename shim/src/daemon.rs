@@ -150,6 +150,7 @@ fn serve(flags: &Flags) -> Result<(), ServeError> {
         client: Some(publisher),
         failing_since: None,
         dropped: 0,
+        patience: PUBLISH_PATIENCE,
     }));
     let tasks = Tasks {
         shared: shared.clone(),
@@ -376,6 +377,8 @@ struct Publisher {
     failing_since: Option<Instant>,
     /// Events dropped in this outage.
     dropped: usize,
+    /// [`PUBLISH_PATIENCE`] (shorter in tests).
+    patience: Duration,
 }
 
 impl Publisher {
@@ -385,10 +388,10 @@ impl Publisher {
             let error = match self.try_publish(topic, event) {
                 Ok(()) => {
                     if let Some(since) = self.failing_since.take() {
+                        let dropped = std::mem::take(&mut self.dropped);
                         log::info!(
-                            "containerd takes events again after {:.1} s ({} dropped meanwhile)",
+                            "containerd takes events again after {:.1} s ({dropped} dropped meanwhile)",
                             since.elapsed().as_secs_f64(),
-                            std::mem::take(&mut self.dropped)
                         );
                     }
                     return;
@@ -401,7 +404,7 @@ impl Publisher {
             };
             self.client = None;
             let since = *self.failing_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= PUBLISH_PATIENCE {
+            if since.elapsed() >= self.patience {
                 self.dropped += 1;
                 log::warn!(
                     "cannot publish {topic}: containerd unreachable for {:.0} s: {error}",
@@ -1249,6 +1252,96 @@ impl shim_ttrpc_async::Task for Tasks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// containerd's events service, recording the container ids of the
+    /// `TaskExit`s it is forwarded.
+    struct FakeContainerd(Arc<Mutex<Vec<String>>>);
+
+    impl containerd_shim::protos::Events for FakeContainerd {
+        fn forward(
+            &self,
+            _: &ttrpc::TtrpcContext,
+            req: containerd_shim::protos::shim::events::ForwardRequest,
+        ) -> ttrpc::Result<containerd_shim::protos::api::Empty> {
+            let exit = <TaskExit as containerd_shim::protos::protobuf::Message>::parse_from_bytes(
+                &req.envelope().event().value,
+            )
+            .expect("a TaskExit");
+            self.0.lock().unwrap().push(exit.container_id);
+            Ok(Default::default())
+        }
+    }
+
+    fn serve_events(path: &Path, got: &Arc<Mutex<Vec<String>>>) -> ttrpc::Server {
+        use std::os::fd::IntoRawFd as _;
+        let listener = std::os::unix::net::UnixListener::bind(path).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let service =
+            containerd_shim::protos::create_events(Arc::new(Box::new(FakeContainerd(got.clone()))));
+        let mut server = ttrpc::Server::new()
+            .add_listener(listener.into_raw_fd())
+            .expect("listener")
+            .register_service(service);
+        server.start().expect("serve");
+        server
+    }
+
+    fn exit(id: &str) -> TaskExit {
+        TaskExit {
+            container_id: id.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// While containerd is down an event waits (later ones behind it) up to
+    /// the publisher's patience, then it and each next one is dropped; once
+    /// containerd is back, events reach it in order over a new connection,
+    /// also one that was waiting when containerd came back.
+    #[test]
+    fn events_wait_for_a_restarting_containerd_then_are_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("containerd.sock.ttrpc");
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut publisher = Publisher {
+            address: path.display().to_string(),
+            namespace: "ns".to_string(),
+            client: None,
+            failing_since: None,
+            dropped: 0,
+            patience: Duration::from_millis(300),
+        };
+
+        // containerd is down for longer than the patience.
+        publisher.publish("/tasks/exit", &exit("lost-1"));
+        publisher.publish("/tasks/exit", &exit("lost-2"));
+        assert_eq!(publisher.dropped, 2);
+        assert!(publisher.failing_since.is_some());
+
+        // It is back.
+        let server = serve_events(&path, &got);
+        publisher.publish("/tasks/exit", &exit("a"));
+        publisher.publish("/tasks/exit", &exit("b"));
+        assert_eq!(*got.lock().unwrap(), ["a", "b"]);
+        assert!(publisher.failing_since.is_none());
+        assert_eq!(publisher.dropped, 0);
+
+        // It restarts while an event waits: the event reaches the new one.
+        server.shutdown();
+        std::fs::remove_file(&path).expect("remove the socket");
+        publisher.patience = Duration::from_secs(20);
+        let restarted = {
+            let (path, got) = (path.clone(), got.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                serve_events(&path, &got)
+            })
+        };
+        publisher.publish("/tasks/exit", &exit("c"));
+        publisher.publish("/tasks/exit", &exit("d"));
+        assert_eq!(*got.lock().unwrap(), ["a", "b", "c", "d"]);
+        assert_eq!(publisher.dropped, 0);
+        restarted.join().expect("server thread").shutdown();
+    }
 
     #[test]
     fn task_phases_follow_containerds_task_api() {
