@@ -1092,7 +1092,6 @@ impl Running {
         Ok(data.type_url)
     }
 
-    /// Runs `args` in the running container; returns (exit code, stdout).
     /// Asks containerd to checkpoint the task.
     pub async fn checkpoint(&self) -> Result<()> {
         let req = CheckpointTaskRequest {
@@ -1108,6 +1107,7 @@ impl Running {
         Ok(())
     }
 
+    /// Runs `args` in the running container; returns (exit code, stdout).
     pub async fn exec(&self, exec_id: &str, args: &[&str]) -> Result<(u32, String)> {
         let io_dir = self.ctrd.io_dir("wasmhybrid-exec-")?;
         let mut stdout = Fifo::create(io_dir.path().join("stdout"))?;

@@ -452,9 +452,8 @@ enum PublishError {
 use PublishError::{Rejected, Unreachable};
 
 impl Events {
-    fn new(publisher: Publisher) -> Self {
+    fn new(mut publisher: Publisher) -> Self {
         let (queue, rx) = std::sync::mpsc::channel::<Publish>();
-        let mut publisher = publisher;
         std::thread::spawn(move || {
             for item in rx {
                 match item {

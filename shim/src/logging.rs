@@ -187,8 +187,8 @@ mod tests {
                 .open(&fifo)
                 .expect("open the reader")
         };
+        log::set_max_level(log::LevelFilter::Info);
         let line = |text: &str| {
-            log::set_max_level(log::LevelFilter::Info);
             LOGGER.log(
                 &log::Record::builder()
                     .level(log::Level::Info)
